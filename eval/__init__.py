@@ -1,0 +1,1 @@
+"""Evaluation harness: video QA and image classification."""

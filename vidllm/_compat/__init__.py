@@ -1,0 +1,1 @@
+"""Compatibility shims that must run before third-party packages import."""
