@@ -16,6 +16,7 @@ processes included; it imports nothing heavy until torchvision itself is importe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import logging
 import sys
@@ -97,10 +98,8 @@ class _TorchvisionOpsFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != _TRIGGER:
             return None
-        try:
+        with contextlib.suppress(ValueError):  # another thread got here first
             sys.meta_path.remove(self)
-        except ValueError:
-            pass
         try:
             define_missing_ops()
         except Exception:  # never break an import we do not own
