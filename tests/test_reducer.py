@@ -1,0 +1,161 @@
+"""The Free Video-LLM reducer and the uniform baseline: token plans, frame choice, RoI boxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vidllm.reducer import (
+    ReducerConfig,
+    UniformConfig,
+    config_for_budget,
+    middle_frames,
+    plan,
+    reduce_free_video_llm,
+    reduce_uniform,
+    roi_box,
+    roi_size,
+    uniform_config_for_budget,
+)
+
+
+def test_paper_configuration_gives_the_papers_token_count():
+    """LLaVA-1.6's 24x24 grid: 3 * 231 + 5 * 231 + 50 * 16 = 2648 (REFERENCE.md)."""
+    p = plan(ReducerConfig(), (24, 24))
+    assert (p.slow, p.middle, p.fast, p.total) == (693, 1155, 800, 2648)
+    assert p.tokens_per_frame["slow"] == 231  # 24x12 pooled, RoI 21x11
+
+
+configs = st.builds(
+    ReducerConfig,
+    num_frames=st.integers(1, 24),
+    slow_frames=st.integers(0, 6),
+    middle_frames=st.integers(0, 6),
+    fast_grid=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+    pool_stride=st.integers(1, 3),
+    roi_ratio=st.floats(0.05, 1.0),
+    roi_mode=st.sampled_from(["tokens", "reencode"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    config=configs,
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    available=st.integers(1, 30),
+    seed=st.integers(0, 99),
+)
+def test_plan_equals_tokens_produced(config, h, w, available, seed):
+    n = min(config.num_frames, available)
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, h, w, 4, generator=g)
+    frame_scores = torch.randn(n, generator=g)
+    patch_scores = torch.randn(n, 5, 7, generator=g)
+
+    def reencode(frame, box):
+        return torch.randn(h, w, 4, generator=g)
+
+    reduction = reduce_free_video_llm(features, frame_scores, patch_scores, config, reencode=reencode)
+    expected = plan(config, (h, w), num_frames=available)
+    assert reduction.num_tokens == expected.total
+    for path in ("slow", "middle", "fast"):
+        got = sum(s.tokens.shape[0] for s in reduction.segments if s.path == path)
+        assert got == getattr(expected, path)
+        assert len(reduction.frames(path)) == expected.frames.get(path, 0)
+    assert [s.path for s in reduction.segments] == sorted(
+        (s.path for s in reduction.segments), key=("slow", "middle", "fast").index
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames=st.integers(1, 60), count=st.integers(1, 8), h=st.integers(1, 8), w=st.integers(1, 8))
+def test_uniform_plan_equals_tokens_produced(frames, count, h, w):
+    config = UniformConfig(num_frames=count)
+    reduction = reduce_uniform(torch.zeros(frames, h, w, 3), config)
+    assert reduction.num_tokens == plan(config, (h, w), num_frames=frames).total
+
+
+def test_slow_path_picks_exactly_the_top_k_frames_in_time_order():
+    scores = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.2, 0.95, 0.0, 0.5])
+    features = torch.randn(8, 4, 4, 2)
+    config = ReducerConfig(num_frames=8, slow_frames=3, middle_frames=0)
+    reduction = reduce_free_video_llm(features, scores, None, config)
+    assert reduction.frames("slow") == [1, 3, 5]
+
+
+def test_middle_path_matches_the_official_spacing():
+    assert middle_frames(50, 5) == [0, 10, 20, 30, 40]
+    assert middle_frames(7, 3) == [0, 2, 4]
+
+
+def test_roi_box_is_centred_on_the_mean_of_the_top_patches():
+    scores = torch.zeros(10, 10)
+    hot = [(2, 3), (2, 5), (4, 3), (4, 5)]  # mean (3, 4)
+    for y, x in hot:
+        scores[y, x] = 1.0
+    ratio = 0.04  # int(100 * 0.04) = 4 top patches, box round(10 * 0.2) = 2 cells a side
+    top, left, bottom, right = roi_box(scores, ratio)
+    assert (bottom - top, right - left) == roi_size((10, 10), ratio) == (2, 2)
+    assert (top, left) == (3 - 1, 4 - 1)
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (0, 9), (9, 0), (9, 9)])
+def test_roi_box_is_clipped_inside_the_frame(corner):
+    scores = torch.zeros(10, 10)
+    scores[corner] = 1.0
+    top, left, bottom, right = roi_box(scores, 0.01)
+    assert 0 <= top < bottom <= 10
+    assert 0 <= left < right <= 10
+    bh, bw = roi_size((10, 10), 0.01)
+    assert (bottom - top, right - left) == (bh, bw)
+    # the box still covers the hot cell, pushed against the border it sits on
+    assert top <= corner[0] < bottom
+    assert left <= corner[1] < right
+
+
+def test_roi_crop_takes_the_boxed_cells():
+    features = torch.arange(1 * 6 * 6, dtype=torch.float).reshape(1, 6, 6, 1).repeat(2, 1, 1, 1)
+    patch_scores = torch.zeros(2, 6, 6)
+    patch_scores[:, :3, :3] = 5.0  # the 9 = int(36 * 0.25) top cells: mean (1, 1)
+    config = ReducerConfig(
+        num_frames=2, slow_frames=1, middle_frames=0, pool_stride=1, roi_ratio=0.25, fast_grid=(0, 0)
+    )
+    reduction = reduce_free_video_llm(features, torch.tensor([1.0, 0.0]), patch_scores, config)
+    (segment,) = reduction.segments
+    assert segment.grid == (3, 3)
+    assert segment.box == (0.0, 0.0, 0.5, 0.5)
+    assert segment.tokens[:, 0].tolist() == [0, 1, 2, 6, 7, 8, 12, 13, 14]
+
+
+@pytest.mark.parametrize("budget", [16, 100, 500, 1000, 2648, 4000, 20000])
+def test_budget_picks_the_largest_config_that_fits(budget):
+    cfg = config_for_budget(budget, (24, 24))
+    assert plan(cfg, (24, 24)).total <= budget
+    if budget == 2648:
+        assert cfg == ReducerConfig()
+
+
+def test_budget_too_small_names_the_smallest_that_works():
+    with pytest.raises(ValueError, match=r"smallest that works is (\d+)") as info:
+        config_for_budget(0, (24, 24))
+    smallest = int(info.value.args[0].rsplit(" ", 1)[-1])
+    assert plan(config_for_budget(smallest, (24, 24)), (24, 24)).total == smallest
+
+
+@pytest.mark.parametrize("budget", [12, 100, 144, 1000, 2648, 10000])
+def test_uniform_budget_spends_full_resolution_frames_first(budget):
+    cfg = uniform_config_for_budget(budget, (12, 12))
+    assert plan(cfg, (12, 12)).total <= budget
+    if budget >= 144:
+        assert cfg.pool_stride == 1
+        assert cfg.num_frames == min(50, budget // 144)
+    else:
+        assert cfg.pool_stride > 1
+
+
+def test_uniform_budget_too_small_names_the_smallest_that_works():
+    with pytest.raises(ValueError, match="smallest that works is 12"):
+        uniform_config_for_budget(11, (12, 12))
