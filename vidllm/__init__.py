@@ -12,6 +12,13 @@ import importlib
 from vidllm.__about__ import __version__
 
 _LAZY = {
+    "load": "vidllm.api",
+    "list_named_models": "vidllm.api",
+    "VideoLLM": "vidllm.model",
+    "Answer": "vidllm.model",
+    "ReducerConfig": "vidllm.reducer",
+    "UniformConfig": "vidllm.reducer",
+    "plan": "vidllm.reducer",
     "read_video": "vidllm.video",
     "Video": "vidllm.video",
     "VideoMeta": "vidllm.video",

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 Grid = tuple[int, int]
-PATHS = ("slow", "middle", "fast")
+PATHS = ("slow", "middle", "fast", "uniform")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,15 +107,16 @@ class UniformConfig:
 class TokenPlan:
     """Exact visual token counts of one reduction, per path."""
 
-    slow: int
-    middle: int
-    fast: int
+    slow: int = 0
+    middle: int = 0
+    fast: int = 0
+    uniform: int = 0  # the baseline's frames
     frames: dict[str, int] = field(default_factory=dict)  # frames kept per path
     tokens_per_frame: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return self.slow + self.middle + self.fast
+        return self.slow + self.middle + self.fast + self.uniform
 
 
 def pooled_grid(grid: Grid, stride: int) -> Grid:
@@ -151,7 +152,9 @@ def plan(config: ReducerConfig | UniformConfig, grid: Grid, num_frames: int | No
     n = _kept_frames(config, num_frames)
     if isinstance(config, UniformConfig):
         per_frame = math.prod(pooled_grid(grid, config.pool_stride))
-        return TokenPlan(0, 0, n * per_frame, {"fast": n}, {"fast": per_frame})
+        return TokenPlan(
+            uniform=n * per_frame, frames={"uniform": n}, tokens_per_frame={"uniform": per_frame}
+        )
     pooled = pooled_grid(grid, config.pool_stride)
     per_frame = math.prod(pooled if config.roi_mode == "reencode" else roi_size(pooled, config.roi_ratio))
     k = min(config.slow_frames, n)
@@ -248,7 +251,7 @@ def uniform_config_for_budget(budget: int, grid: Grid, *, num_frames: int | None
 class Segment:
     """One frame's contribution to the LM input."""
 
-    path: str  # "slow", "middle" or "fast"
+    path: str  # one of PATHS
     frame: int  # index into the sampled frames
     tokens: torch.Tensor  # (n, C)
     grid: Grid  # the tokens' grid (n == grid[0] * grid[1])
@@ -335,7 +338,7 @@ def reduce_uniform(features: torch.Tensor, config: UniformConfig) -> Reduction:
     frames = uniform_frames(features.shape[0], config.num_frames)
     pooled = max_pool_width(features[frames], config.pool_stride)
     segments = [
-        Segment("fast", f, pooled[i].flatten(0, 1), tuple(pooled.shape[1:3])) for i, f in enumerate(frames)
+        Segment("uniform", f, pooled[i].flatten(0, 1), tuple(pooled.shape[1:3])) for i, f in enumerate(frames)
     ]
     return Reduction(segments, config)
 

@@ -1,0 +1,497 @@
+"""The video LLM: vision tower -> token reducer -> projector -> language model.
+
+The path from a video file to an answer, top to bottom (:meth:`VideoLLM.answer`):
+
+1. decode ``num_frames`` uniformly sampled frames (:func:`vidllm.video.read_video`, crash-isolated);
+2. encode them with the vision tower into a patch grid per frame;
+3. score the frames and their patches against the question (the relevance scorer);
+4. reduce: Free Video-LLM's slow / middle / fast paths, or the uniform baseline
+   (:mod:`vidllm.reducer`), within a token budget if one is given;
+5. project the kept tokens into the LM's embedding space (a 2-layer MLP, as LLaVA);
+6. lay them out between marker tokens that say which path and which time each frame comes from,
+   followed by the question, and generate from these input embeddings.
+
+The language model is any transformers causal LM that accepts ``inputs_embeds``; the project's
+own is :class:`vidllm.lm.VidLMForCausalLM` (VersatileFFN / ParameterNet layers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidllm.reducer import (
+    ReducerConfig,
+    Reduction,
+    UniformConfig,
+    config_for_budget,
+    plan,
+    reduce_free_video_llm,
+    reduce_uniform,
+    uniform_config_for_budget,
+    uniform_frames,
+    uniform_tokens,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "vidllm_config.json"
+WEIGHTS_NAME = "vision.safetensors"
+LM_DIR = "lm"
+
+#: Special tokens that frame the video in the prompt; their embeddings are rows of the LM's table.
+MARKERS = {
+    "start": "<|video_start|>",
+    "end": "<|video_end|>",
+    "slow": "<|slow|>",
+    "middle": "<|middle|>",
+    "fast": "<|fast|>",
+    "uniform": "<|frame|>",
+}
+
+
+@dataclass
+class VideoLLMConfig:
+    """What a saved :class:`VideoLLM` is made of, besides its weights (``vidllm_config.json``)."""
+
+    tower: dict[str, Any]
+    scorer: dict[str, Any] | None = None
+    reducer: dict[str, Any] = field(default_factory=lambda: asdict(ReducerConfig()))
+    projector_hidden: int | None = None  # defaults to the LM's hidden size
+    prompt_template: str = "{video}\nQuestion: {question}\nAnswer:"
+    max_question_chars: int = 1000
+    max_new_tokens: int = 16
+    decode_max_side: int | None = 512  # frames are decoded no larger than this (the tower resizes anyway)
+
+    def reducer_config(self) -> ReducerConfig:
+        return ReducerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.reducer.items()})
+
+
+@dataclass
+class KeptFrame:
+    index: int  # frame index in the source video
+    timestamp: float  # seconds
+
+
+@dataclass
+class Answer:
+    """An answer and what the reducer did to get it."""
+
+    text: str
+    frames: dict[str, list[KeptFrame]]  # per path: the frames kept
+    boxes: dict[
+        int, tuple[float, float, float, float]
+    ]  # source frame index -> RoI box in pixels (x0, y0, x1, y1)
+    visual_tokens: int  # visual embeddings fed to the LM
+    uniform_tokens: int  # what uniform sampling of the same frames at full resolution would have fed
+    prompt_tokens: int  # everything fed to the LM (visual + markers + question)
+    timings: dict[str, float]  # seconds per stage
+    relevance: list[float] = field(default_factory=list)  # question relevance of each sampled frame
+    sampled_timestamps: list[float] = field(default_factory=list)
+    reducer: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PreparedInput:
+    """A video and question turned into LM input embeddings (what ``answer`` generates from)."""
+
+    embeds: torch.Tensor  # (L, H)
+    reduction: Reduction
+    sampled_indices: list[int]
+    sampled_timestamps: list[float]
+    frame_size: tuple[int, int]  # (height, width) of the decoded frames
+    uniform_tokens: int
+    timings: dict[str, float]
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+def _as_frames(
+    video: Any, num_frames: int, max_side: int | None
+) -> tuple[np.ndarray, list[int], list[float]]:
+    """Frames ``(T, H, W, 3)`` uint8, their source indices and timestamps, from any accepted input."""
+    if isinstance(video, np.ndarray | torch.Tensor):
+        frames = video.numpy() if isinstance(video, torch.Tensor) else video
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"a frame array must be uint8 of shape (T, H, W, 3), got {frames.dtype} {frames.shape}"
+            )
+        if frames.shape[0] == 0:
+            raise ValueError("the frame array is empty")
+        keep = uniform_frames(frames.shape[0], num_frames) if frames.shape[0] > num_frames else None
+        indices = keep if keep is not None else list(range(frames.shape[0]))
+        return frames[indices], indices, [float(i) for i in indices]  # no clock: one frame a second
+    from vidllm.video import Video, read_video
+
+    if not isinstance(video, Video):
+        video = read_video(video, num_frames=num_frames, max_side=max_side)
+    return video.frames, [int(i) for i in video.indices], [float(t) for t in video.timestamps]
+
+
+class VideoLLM(nn.Module):
+    """A vision tower, the token reducer, a projector and a causal LM, answering questions about videos."""
+
+    def __init__(self, config: VideoLLMConfig, tower: nn.Module, lm: nn.Module, tokenizer, scorer=None):
+        super().__init__()
+        self.config = config
+        self.tower = tower
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.scorer = scorer
+        self._ensure_markers()
+        hidden = lm.get_input_embeddings().embedding_dim
+        mid = config.projector_hidden or hidden
+        self.projector = nn.Sequential(nn.Linear(tower.hidden_size, mid), nn.GELU(), nn.Linear(mid, hidden))
+
+    # -- construction ---------------------------------------------------------------------------
+
+    def _ensure_markers(self) -> None:
+        missing = [m for m in MARKERS.values() if m not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": missing})
+            self.lm.resize_token_embeddings(len(self.tokenizer))
+        self.marker_ids = {k: self.tokenizer.convert_tokens_to_ids(v) for k, v in MARKERS.items()}
+
+    @classmethod
+    def from_config(cls, config: VideoLLMConfig, lm: nn.Module, tokenizer) -> VideoLLM:
+        """Build tower and scorer from their specs around an existing LM (weights as initialised)."""
+        from vidllm.scorers import build_scorer
+        from vidllm.towers import build_tower
+
+        tower = build_tower(config.tower)
+        scorer = build_scorer(config.scorer) if config.scorer else None
+        return cls(config, tower, lm, tokenizer, scorer)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """One directory: config JSON, tower+projector(+scorer) safetensors, and the LM + tokenizer under ``lm/``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("lm.")}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.lm.save_pretrained(directory / LM_DIR, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / LM_DIR)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> VideoLLM:
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import vidllm.lm  # noqa: F401  (registers VidLM with the Auto classes)
+
+        directory = Path(directory)
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a vidllm model directory: {CONFIG_NAME} is missing "
+                "(save one with VideoLLM.save_pretrained, or pass a model name such as 'default')"
+            )
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing; vidllm checkpoints are safetensors files")
+        config = VideoLLMConfig(**json.loads(config_file.read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(directory / LM_DIR)
+        lm = AutoModelForCausalLM.from_pretrained(directory / LM_DIR, use_safetensors=True)
+        model = cls.from_config(config, lm, tokenizer)
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing = [k for k in missing if not k.startswith("lm.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{weights} does not match the model: missing {missing}, unexpected {unexpected}"
+            )
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    # -- the pipeline ---------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.projector.parameters()).device
+
+    def validate_question(self, question: str) -> str:
+        if not isinstance(question, str):
+            raise TypeError(f"the question must be a string, got {type(question).__name__}")
+        question = question.strip()
+        if not question:
+            raise ValueError("the question is empty: ask something about the video")
+        if len(question) > self.config.max_question_chars:
+            raise ValueError(
+                f"the question is {len(question)} characters long; the limit is "
+                f"{self.config.max_question_chars} (VideoLLMConfig.max_question_chars)"
+            )
+        return question
+
+    def resolve_reducer(
+        self, reducer: str, budget: int | None, num_frames: int | None = None
+    ) -> ReducerConfig | UniformConfig:
+        """The reducer configuration a request asks for (name, optional token budget)."""
+        base = self.config.reducer_config()
+        if num_frames is not None:
+            base = ReducerConfig(**{**asdict(base), "num_frames": num_frames})
+        if reducer == "free-video-llm":
+            return base if budget is None else config_for_budget(budget, self.tower.grid, base=base)
+        if reducer == "uniform":
+            budget = plan(base, self.tower.grid).total if budget is None else budget
+            return uniform_config_for_budget(budget, self.tower.grid, num_frames=base.num_frames)
+        raise ValueError(f"unknown reducer {reducer!r}; choose 'free-video-llm' or 'uniform'")
+
+    @torch.inference_mode()
+    def prepare(
+        self,
+        video: Any,
+        question: str,
+        *,
+        budget: int | None = None,
+        reducer: str = "free-video-llm",
+        num_frames: int | None = None,
+    ) -> PreparedInput:
+        """Steps 1-6 of the pipeline: the LM input embeddings for one video and question."""
+        question = self.validate_question(question)
+        config = self.resolve_reducer(reducer, budget, num_frames)
+        timings: dict[str, float] = {}
+        with _Timer(timings, "decode"):
+            frames, indices, timestamps = _as_frames(video, config.num_frames, self.config.decode_max_side)
+        with _Timer(timings, "encode"):
+            features = self.tower.encode(frames).to(self.device)
+        if isinstance(config, UniformConfig):
+            with _Timer(timings, "reduce"):
+                reduction = reduce_uniform(features, config)
+        else:
+            if self.scorer is None:
+                raise RuntimeError("the free-video-llm reducer needs a relevance scorer; this model has none")
+            with _Timer(timings, "score"):
+                frame_scores, patch_scores = self.scorer.score(frames, question)
+            with _Timer(timings, "reduce"):
+                reduction = reduce_free_video_llm(
+                    features,
+                    frame_scores.to(self.device),
+                    patch_scores.to(self.device),
+                    config,
+                    reencode=lambda f, box: self.tower.encode_crop(frames[f : f + 1], [box])[0].to(
+                        self.device
+                    ),
+                )
+        with _Timer(timings, "project"):
+            embeds = self._layout(reduction, timestamps, question)
+        return PreparedInput(
+            embeds=embeds,
+            reduction=reduction,
+            sampled_indices=indices,
+            sampled_timestamps=timestamps,
+            frame_size=tuple(frames.shape[1:3]),
+            uniform_tokens=uniform_tokens(self.tower.grid, len(indices)),
+            timings=timings,
+        )
+
+    def _layout(self, reduction: Reduction, timestamps: Sequence[float], question: str) -> torch.Tensor:
+        """Input embeddings: template text around ``<|video_start|>`` [marker, time, visual tokens]* ``<|video_end|>``."""
+        before, after = self.config.prompt_template.split("{video}")
+        text_ids = self.tokenizer(before, add_special_tokens=True)["input_ids"]
+        pieces: list[torch.Tensor | list[int]] = [[*text_ids, self.marker_ids["start"]]]
+        visual = self.projector(
+            torch.cat([s.tokens for s in reduction.segments]).to(self.projector[0].weight.dtype)
+        )
+        offset = 0
+        for segment in reduction.segments:
+            stamp = self.tokenizer(f"{timestamps[segment.frame]:.1f}s", add_special_tokens=False)["input_ids"]
+            pieces.append([self.marker_ids[segment.path], *stamp])
+            n = segment.tokens.shape[0]
+            pieces.append(visual[offset : offset + n])
+            offset += n
+        tail = self.tokenizer(after.format(question=question), add_special_tokens=False)["input_ids"]
+        pieces.append([self.marker_ids["end"], *tail])
+        embed = self.lm.get_input_embeddings()
+        return torch.cat(
+            [p if isinstance(p, torch.Tensor) else embed(torch.tensor(p, device=self.device)) for p in pieces]
+        )
+
+    def _answer_from(self, prepared: PreparedInput, text: str, timings: dict[str, float]) -> Answer:
+        reduction = prepared.reduction
+        height, width = prepared.frame_size
+        frames: dict[str, list[KeptFrame]] = {}
+        boxes: dict[int, tuple[float, float, float, float]] = {}
+        for segment in reduction.segments:
+            source = prepared.sampled_indices[segment.frame]
+            kept = frames.setdefault(segment.path, [])
+            if not kept or kept[-1].index != source:
+                kept.append(KeptFrame(source, prepared.sampled_timestamps[segment.frame]))
+            if segment.box is not None and segment.box != (0.0, 0.0, 1.0, 1.0):
+                x0, y0, x1, y1 = segment.box
+                boxes[source] = (x0 * width, y0 * height, x1 * width, y1 * height)
+        scores = reduction.frame_scores
+        return Answer(
+            text=text,
+            frames=frames,
+            boxes=boxes,
+            visual_tokens=reduction.num_tokens,
+            uniform_tokens=prepared.uniform_tokens,
+            prompt_tokens=int(prepared.embeds.shape[0]),
+            timings={**prepared.timings, **timings},
+            relevance=[] if scores is None else [float(s) for s in scores],
+            sampled_timestamps=list(prepared.sampled_timestamps),
+            reducer=reduction.config.to_dict(),
+        )
+
+    def _generation_kwargs(self, max_new_tokens: int | None) -> dict[str, Any]:
+        eos = self.tokenizer.eos_token_id
+        return {
+            "max_new_tokens": max_new_tokens or self.config.max_new_tokens,
+            "do_sample": False,
+            "eos_token_id": eos,
+            "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
+        }
+
+    @torch.inference_mode()
+    def answer(
+        self,
+        video: Any,
+        question: str,
+        *,
+        budget: int | None = None,
+        reducer: str = "free-video-llm",
+        max_new_tokens: int | None = None,
+        num_frames: int | None = None,
+    ) -> Answer:
+        """Answer a question about a video (a path, bytes, a file object, a decoded ``Video`` or frames)."""
+        start = time.perf_counter()
+        prepared = self.prepare(video, question, budget=budget, reducer=reducer, num_frames=num_frames)
+        timings: dict[str, float] = {}
+        with _Timer(timings, "generate"):
+            output = self.lm.generate(
+                inputs_embeds=prepared.embeds[None],
+                attention_mask=torch.ones(1, prepared.embeds.shape[0], dtype=torch.long, device=self.device),
+                **self._generation_kwargs(max_new_tokens),
+            )
+        text = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+        timings["total"] = time.perf_counter() - start
+        return self._answer_from(prepared, text, timings)
+
+    def stream(
+        self,
+        video: Any,
+        question: str,
+        *,
+        budget: int | None = None,
+        reducer: str = "free-video-llm",
+        max_new_tokens: int | None = None,
+        num_frames: int | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer's text as it is generated (the reduction runs before the first piece)."""
+        yield from self.stream_answer(
+            video,
+            question,
+            budget=budget,
+            reducer=reducer,
+            max_new_tokens=max_new_tokens,
+            num_frames=num_frames,
+        )
+
+    def stream_answer(self, video: Any, question: str, **kwargs) -> Iterator[str]:
+        """As :meth:`stream`; the generator's return value (``StopIteration.value``) is the full :class:`Answer`."""
+        from transformers import TextIteratorStreamer
+
+        max_new_tokens = kwargs.pop("max_new_tokens", None)
+        start = time.perf_counter()
+        prepared = self.prepare(video, question, **kwargs)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode():
+                    self.lm.generate(
+                        inputs_embeds=prepared.embeds[None],
+                        attention_mask=torch.ones(
+                            1, prepared.embeds.shape[0], dtype=torch.long, device=self.device
+                        ),
+                        streamer=streamer,
+                        **self._generation_kwargs(max_new_tokens),
+                    )
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=generate, daemon=True)
+        gen_start = time.perf_counter()
+        thread.start()
+        pieces: list[str] = []
+        first: float | None = None
+        for piece in streamer:
+            if not piece:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            pieces.append(piece)
+            yield piece
+        thread.join()
+        if errors:
+            raise errors[0]
+        end = time.perf_counter()
+        timings = {"generate": end - gen_start, "total": end - start}
+        if first is not None:
+            timings["first_token"] = first - start
+        return self._answer_from(prepared, "".join(pieces).strip(), timings)
+
+    @torch.inference_mode()
+    def answer_batch(
+        self,
+        videos: Sequence[Any],
+        questions: Sequence[str],
+        *,
+        budget: int | None = None,
+        reducer: str = "free-video-llm",
+        max_new_tokens: int | None = None,
+        num_frames: int | None = None,
+    ) -> list[Answer]:
+        """Answer several (video, question) pairs with one batched generation (left padding)."""
+        if len(videos) != len(questions):
+            raise ValueError(f"{len(videos)} videos but {len(questions)} questions")
+        if not videos:
+            return []
+        start = time.perf_counter()
+        prepared = [
+            self.prepare(v, q, budget=budget, reducer=reducer, num_frames=num_frames)
+            for v, q in zip(videos, questions, strict=True)
+        ]
+        length = max(p.embeds.shape[0] for p in prepared)
+        hidden = prepared[0].embeds.shape[1]
+        embeds = torch.zeros(
+            len(prepared), length, hidden, dtype=prepared[0].embeds.dtype, device=self.device
+        )
+        mask = torch.zeros(len(prepared), length, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prepared):
+            n = p.embeds.shape[0]
+            embeds[i, length - n :] = p.embeds
+            mask[i, length - n :] = 1
+        timings: dict[str, float] = {}
+        with _Timer(timings, "generate"):
+            output = self.lm.generate(
+                inputs_embeds=embeds, attention_mask=mask, **self._generation_kwargs(max_new_tokens)
+            )
+        texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
+        timings["total"] = time.perf_counter() - start
+        return [self._answer_from(p, t.strip(), timings) for p, t in zip(prepared, texts, strict=True)]
