@@ -43,6 +43,7 @@ from vidllm.video.errors import (
     DecoderCrashedError,
     DecodeTimeoutError,
     VideoBackendError,
+    VideoTooLargeError,
 )
 
 __all__ = ["WorkerPool", "get_pool", "resize_pool", "shutdown_pool"]
@@ -253,7 +254,20 @@ class WorkerPool:
 
     # -- requests --------------------------------------------------------------------------
     def run(self, message: dict, timeout_s: float, max_output_bytes: int) -> tuple[dict, np.ndarray]:
-        """Serve one read request; raises a ``VideoError`` (worker's, crash or timeout) on failure."""
+        """Serve one read request; raises a ``VideoError`` (worker's, crash or timeout) on failure.
+
+        A worker that answers "retry" has too much address space mapped for this request's memory
+        limit; it exits and the request goes to another worker (a fresh one at the latest).
+        """
+        for _attempt in range(self._size + 1):
+            header, frames = self._run_once(message, timeout_s, max_output_bytes)
+            if not header.get("retry"):
+                return header, frames
+        raise VideoTooLargeError(
+            "could not be decoded within the worker memory limit: raise VideoLimits.worker_memory_bytes"
+        )
+
+    def _run_once(self, message: dict, timeout_s: float, max_output_bytes: int) -> tuple[dict, np.ndarray]:
         worker = self._acquire()
         reusable = False
         try:
@@ -269,14 +283,9 @@ class WorkerPool:
                 ) from None
             except (_protocol.WorkerGoneError, OSError) as exc:
                 worker.kill()
-                how = _describe_exit(worker.proc.returncode)
-                said = worker.last_output(2)
-                logger.warning("video decode worker %d died (%s): %s", worker.pid, how, said or exc)
-                raise DecoderCrashedError(
-                    f"made the decoder crash ({how}{'; ' + said if said else ''}). The worker was "
-                    "restarted and other videos are unaffected; the file is probably corrupt: re-encode "
-                    "it (e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4) and try again"
-                ) from None
+                raise self._crash_error(worker, message, exc) from None
+            if header.get("retry"):
+                return header, None
             if frames is None:
                 error = ERRORS_BY_NAME.get(header.get("error"), CorruptVideoError)
                 reusable = not header.get("restart")
@@ -287,6 +296,28 @@ class WorkerPool:
             return header, frames
         finally:
             self._release(worker, reusable)
+
+    @staticmethod
+    def _crash_error(worker: _Worker, message: dict, exc: BaseException) -> DecoderCrashedError:
+        how = _describe_exit(worker.proc.returncode)
+        said = worker.last_output(2)
+        logger.warning("video decode worker %d died (%s): %s", worker.pid, how, said or exc)
+        memory = message["limits"].get("worker_memory_bytes")
+        if memory and ("bad_alloc" in said or "SIGKILL" in how):
+            cause = (
+                "This happens on corrupt files and when decoding needs more than the worker "
+                f"memory limit ({memory / 2**30:.1f} GiB): ask for fewer frames or a smaller "
+                "max_side, or re-encode the file (ffmpeg -i in.mp4 -c:v libx264 out.mp4)"
+            )
+        else:
+            cause = (
+                "The file is probably corrupt: re-encode it (e.g. ffmpeg -i in.mp4 -c:v libx264 "
+                "out.mp4) and try again"
+            )
+        return DecoderCrashedError(
+            f"made the decoder crash ({how}{'; ' + said if said else ''}). The worker was "
+            f"restarted and other videos are unaffected. {cause}"
+        )
 
     # -- management ------------------------------------------------------------------------
     def resize(self, size: int) -> None:

@@ -57,6 +57,14 @@ _IMAGE_FORMAT_SUFFIX = "_pipe"
 _IMAGE_FORMATS = frozenset({"image2", "image2pipe"})
 
 
+_fresh = True
+"""No request served yet: the address space is the interpreter's and its libraries' alone."""
+
+
+class _StaleWorkerError(Exception):
+    """This worker's address space has grown too much for the request's memory limit."""
+
+
 @dataclass
 class Probe:
     """What the container header says about the first real video stream."""
@@ -245,13 +253,41 @@ def probe(path: str, limits: dict) -> Probe:
         ) from None
 
 
-def _check_output(count: int, width: int, height: int, limits: dict) -> None:
+def _address_space() -> int:
+    """This process's virtual size (what RLIMIT_AS caps), from /proc; 0 where there is none."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _check_output(count: int, width: int, height: int, info: Probe, limits: dict) -> None:
+    """Refuse a request whose frames exceed ``max_output_bytes`` or, by estimate, the memory limit.
+
+    decord holds its own copy of the batch before ``asnumpy`` copies it, and FFmpeg keeps reference
+    frames at the source size: measured here, 132 frames of 1280x720 (348 MB) peaked at 1.28 GB
+    of address space from 0.32 GB after imports, i.e. about 2.7x the output. Over the limit decord
+    dies of ``std::bad_alloc``, so refusing early gives the caller a clear VideoTooLargeError.
+    """
     nbytes = count * width * height * 3
     if nbytes > limits["max_output_bytes"]:
         raise VideoTooLargeError(
             f"would give {count} frames of {width}x{height} ({nbytes / 2**20:,.0f} MiB), "
             f"above the limit of {limits['max_output_bytes'] / 2**20:,.0f} MiB: ask for fewer frames "
             "(num_frames or fps) or a smaller max_side"
+        )
+    memory = limits["worker_memory_bytes"]
+    need = _address_space() + 3 * nbytes + 16 * info.width * info.height * 3 // 2
+    if memory is not None and need > memory:
+        if not _fresh:
+            # Earlier requests left malloc arenas and thread stacks mapped (about 0.3 GB after the
+            # first decord read, measured), which count against RLIMIT_AS: a fresh worker may fit.
+            raise _StaleWorkerError
+        raise VideoTooLargeError(
+            f"would need about {need / 2**30:.1f} GiB to decode {count} frames of {width}x{height}, "
+            f"above the worker memory limit of {memory / 2**30:.1f} GiB: ask for fewer frames or a "
+            "smaller max_side, or raise VideoLimits.worker_memory_bytes"
         )
 
 
@@ -283,7 +319,7 @@ def decode_decord(path: str, info: Probe, request: SamplingRequest, limits: dict
         stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
         _check_count(count, float(stamps[:, 1].max()), limits)
         indices = select_frames(stamps[:, 0], stamps[:, 1], request)
-        _check_output(len(indices), out_w, out_h, limits)
+        _check_output(len(indices), out_w, out_h, info, limits)
         batch = reader.get_batch(indices)
         reader.seek(0)  # an idle reader keeps decoding ahead after get_batch (REFERENCE.md)
         frames = batch.asnumpy()
@@ -328,7 +364,7 @@ def decode_pyav(path: str, info: Probe, request: SamplingRequest, limits: dict):
         count = len(starts)
         _check_count(count, float(ends.max()), limits)
         indices = select_frames(starts, ends, request)
-        _check_output(len(indices), out_w, out_h, limits)
+        _check_output(len(indices), out_w, out_h, info, limits)
 
     # Pass 2, on a fresh demuxer: decode from the start and keep the sampled frames. Frames leave
     # the decoder in presentation order, so the k-th decoded frame is frame k.
@@ -378,9 +414,7 @@ def read(path: str, request: SamplingRequest, limits: dict, *, use_decord: bool)
     if use_decord and info.codec not in DECORD_SKIP_CODECS:
         try:
             result = decode_decord(path, info, request, limits)
-        except VideoError:
-            raise
-        except MemoryError:
+        except (VideoError, MemoryError, _StaleWorkerError):
             raise
         except Exception as exc:  # RuntimeError, DECORDError, IndexError, AssertionError (REFERENCE.md)
             decord_failure = _short(exc)
@@ -389,7 +423,7 @@ def read(path: str, request: SamplingRequest, limits: dict, *, use_decord: bool)
             return info, result
     try:
         return info, decode_pyav(path, info, request, limits)
-    except (VideoError, MemoryError):
+    except (VideoError, MemoryError, _StaleWorkerError):
         raise
     except Exception as exc:
         tried = f"decord: {decord_failure}; PyAV: {_short(exc)}" if decord_failure else _short(exc)
@@ -421,6 +455,9 @@ def _handle(sock: socket.socket, message: dict, use_decord: bool) -> bool:
     except VideoError as exc:
         _protocol.send_json(sock, {"ok": False, "error": type(exc).__name__, "message": str(exc)})
         return True
+    except _StaleWorkerError:
+        _protocol.send_json(sock, {"ok": False, "retry": True, "restart": True})
+        return False
     except MemoryError:
         # The heap may be fragmented or half-freed after an allocation failure: start afresh.
         mem = limits["worker_memory_bytes"]
@@ -430,7 +467,7 @@ def _handle(sock: socket.socket, message: dict, use_decord: bool) -> bool:
                 "ok": False,
                 "error": "VideoTooLargeError",
                 "restart": True,
-                "message": f"decoding needed more than the worker memory limit of {mem / 2**30:.1f} GiB: "
+                "message": f"needs more memory to decode than the worker limit of {mem / 2**30:.1f} GiB: "
                 "ask for fewer frames or a smaller max_side, or raise VideoLimits.worker_memory_bytes",
             },
         )
@@ -500,7 +537,10 @@ def main(argv: list[str]) -> int:
             return 0
         op = message.get("op")
         if op == "read":
-            if not _handle(sock, message, use_decord):
+            keep_going = _handle(sock, message, use_decord)
+            global _fresh
+            _fresh = False
+            if not keep_going:
                 return 0
         elif op == "stop":
             return 0
