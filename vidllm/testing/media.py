@@ -35,6 +35,7 @@ __all__ = [
     "header_regions",
     "make_frame",
     "mutate",
+    "with_declared_frame_count",
     "write_audio_only",
     "write_clip",
     "write_image",
@@ -243,6 +244,21 @@ _INTERESTING = (
 )
 
 
+# mp4 boxes whose first fields are entry counts, durations and sizes (ISO/IEC 14496-12).
+_TABLE_BOXES = (b"mvhd", b"tkhd", b"mdhd", b"stts", b"ctts", b"stsc", b"stsz", b"stco", b"co64", b"stss")
+
+
+def _count_fields(data: bytes) -> list[int]:
+    """Offsets of the 4-byte fields just after each sample-table box's type and version/flags."""
+    fields = []
+    for tag in _TABLE_BOXES:
+        at = data.find(tag)
+        while at >= 4:
+            fields.extend(at + 4 + 4 * k for k in range(1, 5) if at + 8 + 4 * k <= len(data))
+            at = data.find(tag, at + 4)
+    return fields
+
+
 def header_regions(data: bytes) -> list[tuple[int, int]]:
     """Byte ranges of a clip's container metadata, where header mutations land.
 
@@ -284,15 +300,33 @@ def mutate(data: bytes, rng: np.random.Generator, kind: str | None = None) -> tu
     elif kind == "insert":
         out[pos:pos] = rng.bytes(int(rng.integers(1, 17)))
     elif kind == "overwrite":
-        if rng.random() < 0.5:
+        fields = _count_fields(data)
+        if fields and rng.random() < 0.5:
+            # A size or count field of a sample table: where absurd frame counts come from.
             value = _INTERESTING[int(rng.integers(len(_INTERESTING)))]
-            pos -= pos % 4  # size and count fields are 4-byte aligned in mp4 boxes
+            pos = fields[int(rng.integers(len(fields)))]
+        elif rng.random() < 0.5:
+            value = _INTERESTING[int(rng.integers(len(_INTERESTING)))]
         else:
             value = rng.bytes(int(rng.integers(1, 9)))
         out[pos : pos + len(value)] = value
     else:
         raise ValueError(f"unknown mutation {kind!r}; choose from {MUTATIONS}")
     return kind, bytes(out)
+
+
+def with_declared_frame_count(data: bytes, count: int) -> bytes:
+    """An mp4 whose sample table (first ``stts`` entry) declares ``count`` frames.
+
+    With 2-4 billion this is the header damage that makes decord 0.6 abort the interpreter with
+    ``std::bad_alloc`` inside ``VideoReader()`` (REFERENCE.md); it was found by the fuzzer here.
+    """
+    at = data.find(b"stts")
+    if at < 4 or at + 20 > len(data):
+        raise ValueError("not an mp4 with a sample table (no 'stts' box)")
+    out = bytearray(data)
+    out[at + 12 : at + 16] = struct.pack(">I", count)  # after version/flags and entry_count
+    return bytes(out)
 
 
 def corrupted_variants(seeds: dict[str, bytes], count: int, *, seed: int = 0) -> Iterator[tuple[str, bytes]]:
