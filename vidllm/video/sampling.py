@@ -110,7 +110,8 @@ def select_frames(frame_starts: np.ndarray, frame_ends: np.ndarray, request: Sam
     if window.size == 0:
         raise InvalidSamplingError(f"no frame is shown between {start:g} s and {end:g} s: widen the window")
     chosen = window
-    if request.fps is not None and (end - start) * request.fps < window.size:
+    # A rate far above the frame count (fps=1000) means "every frame"; skip building huge slot arrays.
+    if request.fps is not None and (end - start) * request.fps < 8 * window.size + 1000:
         slots = math.ceil((end - start) * request.fps)
         times = start + (np.arange(slots) + 0.5) / request.fps
         times = times[times < end]
