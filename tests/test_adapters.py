@@ -2,7 +2,8 @@
 
 Everything is real: transformers' own LlavaNextVideo / LlavaOnevision / Qwen2-VL / Qwen2.5-VL
 models and processors (tiny configs, random weights), a byte-level BPE tokenizer trained here, and
-a CLIP relevance scorer whose image tower is the LLaVA model's own vision tower. What is checked:
+the project's CLIP relevance scorer (:class:`vidllm.scorers.HFCLIPScorer`) with an image tower
+that is the LLaVA model's own vision tower. What is checked:
 
 - keep-everything reduction reproduces the model's own video path (logits; Qwen2-VL's 3D rotary
   positions; greedy generation with the KV cache);
@@ -22,8 +23,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from vidllm.adapters import LlavaVideoReducerAdapter, Qwen2VLReducerAdapter  # noqa: E402
-from vidllm.adapters.base import _centres, _spans_adaptive, segment_cells  # noqa: E402
+from vidllm.adapters.base import _centres, _spans_adaptive, crop_frames, segment_cells  # noqa: E402
 from vidllm.reducer import ReducerConfig, UniformConfig, plan, top_frames  # noqa: E402
+from vidllm.scorers import HFCLIPScorer  # noqa: E402
 
 CORPUS = [
     "user what is happening in the video? assistant a person is walking a dog in the park.",
@@ -32,9 +34,9 @@ CORPUS = [
 QUESTION = "what is happening in the video?"
 
 
-def bpe_tokenizer(specials: list[str], **special_tokens):
+def bpe_tokenizer(specials: list[str], append_eos: bool = False, **special_tokens):
     """A real byte-level BPE tokenizer (lossless round trip), trained on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,6 +48,11 @@ def bpe_tokenizer(specials: list[str], **special_tokens):
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 5, trainer)
+    if append_eos:
+        eos = special_tokens["eos_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", special_tokens=[(eos, tok.token_to_id(eos))]
+        )
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
@@ -248,38 +255,8 @@ def built():
 # ----------------------------------------------------------------------------------------------
 
 
-class TinyCLIPScorer:
-    """Cosine similarity of a transformers CLIPModel's text embedding to frames and to patches."""
-
-    def __init__(self, clip, tokenizer):
-        self.clip, self.tokenizer = clip.eval(), tokenizer
-        self.size = clip.config.vision_config.image_size
-        self.mean = torch.tensor([0.4815, 0.4578, 0.4082]).view(1, 3, 1, 1)
-        self.std = torch.tensor([0.2686, 0.2613, 0.2758]).view(1, 3, 1, 1)
-        self.calls = []
-
-    @torch.no_grad()
-    def score(self, frames, question):
-        x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float() / 255
-        x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear")
-        x = (x - self.mean) / self.std
-        ids = self.tokenizer(question)["input_ids"] + [self.tokenizer.eos_token_id]
-        text = self.clip.get_text_features(torch.tensor([ids])).pooler_output
-        text = torch.nn.functional.normalize(text, dim=-1)[0]
-        vision = self.clip.vision_model(pixel_values=x)
-        frame = torch.nn.functional.normalize(self.clip.visual_projection(vision.pooler_output), dim=-1)
-        patches = self.clip.visual_projection(
-            self.clip.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
-        )
-        patches = torch.nn.functional.normalize(patches, dim=-1)
-        g = int(patches.shape[1] ** 0.5)
-        result = frame @ text, (patches @ text).reshape(x.shape[0], g, g)
-        self.calls.append(result)
-        return result
-
-
-def clip_scorer(model, tokenizer) -> TinyCLIPScorer:
-    """A CLIP dual encoder; for LLaVA-NeXT-Video its image tower *is* the model's vision tower."""
+def clip_scorer(model, tokenizer) -> HFCLIPScorer:
+    """The project's CLIP scorer; for LLaVA-NeXT-Video its image tower *is* the model's vision tower."""
     vision_config = getattr(model.config, "vision_config", None)
     share = vision_config is not None and vision_config.model_type == "clip_vision_model"
     if share:
@@ -287,23 +264,30 @@ def clip_scorer(model, tokenizer) -> TinyCLIPScorer:
     else:
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
         vision.update(image_size=56, patch_size=14)
+    clip_tokenizer = bpe_tokenizer(
+        list(tokenizer.all_special_tokens),
+        eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token,
+        append_eos=True,
+    )
     text = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=len(clip_tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=clip_tokenizer.eos_token_id,  # CLIP pools the text at its end-of-text token
+        bos_token_id=None,
+        pad_token_id=clip_tokenizer.pad_token_id,
     )
     torch.manual_seed(3)
     clip = transformers.CLIPModel(
         transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
     )
     if share:
-        tower = model.model.vision_tower.state_dict()
-        clip.vision_model.load_state_dict(tower)
-    return TinyCLIPScorer(clip, tokenizer)
+        clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+    return HFCLIPScorer(clip.eval(), tokenizer=clip_tokenizer)
 
 
 def make_adapter(built, name: str, **kwargs):
@@ -347,6 +331,29 @@ def test_llava_keep_all_reproduces_the_models_video_path(built, name):
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     assert prepared.visual_tokens == plan(adapter.reducer, prepared.grid, 4).total
+    result = adapter.answer(frames, QUESTION, max_new_tokens=6)
+    own = model.generate(**ref, max_new_tokens=6, do_sample=False)[0, ref["input_ids"].shape[1] :]
+    assert result.generated_ids == own.tolist()
+
+
+@pytest.mark.parametrize("name", LLAVA)
+def test_llava_full_features_are_the_models_tokens_before_its_video_pooling(built, name):
+    """features="full" = tower -> layer/strategy -> projector on the full grid, as the model computes it."""
+    model, _ = built(name)
+    frames = video(3)
+    full = make_adapter(built, name, features="full", scorer=None)
+    native = make_adapter(built, name, features="native", scorer=None)
+    with torch.no_grad():
+        tokens_full, tokens_native = full.encode_units(frames), native.encode_units(frames)
+        g = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        assert tokens_full.shape[:3] == (3, g, g)
+        if name == "llava_onevision":  # projector first, then the model's bilinear halving
+            pooled = model.model.apply_pooling(tokens_full.flatten(1, 2))
+        else:  # pooling first, then the projector: compare on the tower side
+            selected = full._select(full._pixel_values(frames).flatten(0, 1))
+            pooled = model.model.multi_modal_projector(model.model.vision_resampler(selected))
+            torch.testing.assert_close(tokens_full.flatten(1, 2), model.model.multi_modal_projector(selected))
+    torch.testing.assert_close(pooled.reshape(tokens_native.shape), tokens_native)
 
 
 @pytest.mark.parametrize("name", QWEN)
@@ -375,6 +382,26 @@ def test_qwen_keep_all_reproduces_the_model_positions_logits_and_generation(buil
     result = adapter.answer(frames, QUESTION, max_new_tokens=6)
     own = model.generate(**ref, max_new_tokens=6, do_sample=False)[0, ref["input_ids"].shape[1] :]
     assert result.generated_ids == own.tolist()
+
+
+def test_qwen2_5_temporal_positions_follow_the_frame_rate(built):
+    """Qwen2.5-VL: unit u sits at int(u * tokens_per_second * 2 / fps); text resumes at the max + 1."""
+    model, processor = built("qwen2_5_vl")
+    frames = video(8, 50, 80)
+    adapter = make_adapter(built, "qwen2_5_vl", reducer=UniformConfig(num_frames=4), scorer=None)
+    prepared = adapter.prepare(frames, QUESTION, fps=2.0)
+    ref = reference_inputs(processor, adapter, frames)
+    positions, _ = model.model.get_rope_index(
+        ref["input_ids"],
+        ref["mm_token_type_ids"],
+        video_grid_thw=ref["video_grid_thw"],
+        second_per_grid_ts=torch.tensor([2 / 2.0]),
+    )
+    start, end = prepared.visual_span
+    ours = prepared.position_ids[1:, 0]
+    torch.testing.assert_close(ours[:, :end], positions[:, 0, :end])  # text before and the video
+    assert ours[0, start:end].unique().tolist() == [start + 4 * u for u in range(4)]
+    assert torch.all(ours[:, end] == ours[:, start:end].max() + 1)  # the reference rule (see module doc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,8 +485,10 @@ def test_answer_end_to_end_is_deterministic(built, name):
 def test_slow_path_takes_the_scorers_top_frames(built, name):
     config = ReducerConfig(num_frames=6, slow_frames=2, middle_frames=0, fast_grid=(1, 1))
     adapter = make_adapter(built, name, reducer=config)
-    prepared = adapter.prepare(video(12, seed=3), QUESTION)
-    frame_scores, _ = adapter.scorer.calls[-1]
+    frames = video(12, seed=3)
+    prepared = adapter.prepare(frames, QUESTION)
+    sampled = frames[[i for unit in prepared.unit_frames for i in unit]]
+    frame_scores, _ = adapter.scorer.score(crop_frames(sampled, prepared.visible_region), QUESTION)
     per_unit = frame_scores.reshape(6, adapter.frames_per_unit).mean(1)
     assert prepared.reduction.frames("slow") == top_frames(per_unit, 2)
 
@@ -468,7 +497,7 @@ def test_scorer_shares_the_llava_vision_tower(built):
     model, processor = built("llava_next_video")
     scorer = clip_scorer(model, processor.tokenizer)
     tower = model.model.vision_tower.state_dict()
-    for key, value in scorer.clip.vision_model.state_dict().items():
+    for key, value in scorer.model.vision_model.state_dict().items():
         assert torch.equal(value, tower[key])
 
 
