@@ -1,0 +1,1 @@
+"""Data the project trains and evaluates on; :mod:`vidllm.data.synthetic` is the generated world."""
