@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 
 from vidllm.adapters import LlavaVideoReducerAdapter, Qwen2VLReducerAdapter  # noqa: E402
 from vidllm.adapters.base import _centres, _spans_adaptive, crop_frames, segment_cells  # noqa: E402
+from vidllm.adapters.llava import processor_visible_region  # noqa: E402
 from vidllm.reducer import ReducerConfig, UniformConfig, plan, top_frames  # noqa: E402
 from vidllm.scorers import HFCLIPScorer  # noqa: E402
 
@@ -91,7 +92,7 @@ def tiny_text_config(tokenizer, model_type: str, **extra) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_llava_next_video():
+def build_llava_next_video(image_size: int = 56, patch_size: int = 7, layers: int = 2):
     from transformers.models.llava_next_video.video_processing_llava_next_video import (
         LlavaNextVideoVideoProcessor,
     )
@@ -110,7 +111,7 @@ def build_llava_next_video():
         image_processor=transformers.LlavaNextImageProcessor(),
         tokenizer=tok,
         chat_template=LLAVA_TEMPLATE,
-        patch_size=7,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
     )
     config = transformers.LlavaNextVideoConfig(
@@ -118,16 +119,16 @@ def build_llava_next_video():
             model_type="clip_vision_model",
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=2,
-            image_size=56,
-            patch_size=7,
+            image_size=image_size,
+            patch_size=patch_size,
             projection_dim=32,
         ),
         text_config=tiny_text_config(tok, "llama"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[[56, 56]],
+        image_grid_pinpoints=[[image_size, image_size]],
     )
     torch.manual_seed(0)
     return transformers.LlavaNextVideoForConditionalGeneration(config).eval(), processor
@@ -438,6 +439,24 @@ def test_visual_embeddings_fed_equal_plan(built, name, config):
         assert prepared.position_ids.shape == (4, 1, prepared.inputs_embeds.shape[1])
 
 
+def test_paper_configuration_on_the_papers_grid_feeds_2648_tokens():
+    """LLaVA-NeXT-Video at 336 px / patch 14 (24 x 24, as LLaVA-1.6), 50 frames, paper defaults."""
+    from transformers.models.llava_next_video.video_processing_llava_next_video import (
+        LlavaNextVideoVideoProcessor,
+    )
+
+    model, processor = build_llava_next_video(image_size=336, patch_size=14, layers=1)
+    processor.video_processor = LlavaNextVideoVideoProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+    )
+    adapter = LlavaVideoReducerAdapter(model, processor, scorer=clip_scorer(model, processor.tokenizer))
+    prepared = adapter.prepare(video(60, 240, 320), QUESTION)
+    assert prepared.grid == (24, 24)
+    assert prepared.visible_region == pytest.approx((40, 0, 280, 240))  # the centre square kept
+    assert prepared.visual_tokens == 2648 == plan(ReducerConfig(), (24, 24)).total
+    assert [len(prepared.reduction.frames(p)) for p in ("slow", "middle", "fast")] == [3, 5, 50]
+
+
 @pytest.mark.parametrize("name", ["llava_next_video", "qwen2_vl"])
 def test_budget_picks_a_config_that_fits(built, name):
     adapter = make_adapter(built, name, reducer=ReducerConfig(num_frames=8), budget=40)
@@ -491,6 +510,27 @@ def test_slow_path_takes_the_scorers_top_frames(built, name):
     frame_scores, _ = adapter.scorer.score(crop_frames(sampled, prepared.visible_region), QUESTION)
     per_unit = frame_scores.reshape(6, adapter.frames_per_unit).mean(1)
     assert prepared.reduction.frames("slow") == top_frames(per_unit, 2)
+
+
+def test_visible_region_is_what_the_llava_processor_keeps():
+    """Scores and boxes live on the centre crop the processor keeps: processing the cropped
+    frames gives (up to resampling) the same pixels, a crop 10 px off does not."""
+    from transformers.models.llava_next_video.video_processing_llava_next_video import (
+        LlavaNextVideoVideoProcessor,
+    )
+
+    vp = LlavaNextVideoVideoProcessor(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
+    frames = video(2, 120, 200)
+    region = processor_visible_region(vp, (120, 200))
+    assert region == pytest.approx((40, 0, 160, 120))
+
+    def pixels(x):
+        return vp(videos=[x], return_tensors="pt")["pixel_values_videos"]
+
+    whole = pixels(frames)
+    same = (whole - pixels(crop_frames(frames, region))).abs().mean()
+    shifted = (whole - pixels(crop_frames(frames, (50.0, 0.0, 170.0, 120.0)))).abs().mean()
+    assert same < shifted / 4
 
 
 def test_scorer_shares_the_llava_vision_tower(built):
