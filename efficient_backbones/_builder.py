@@ -88,7 +88,10 @@ def build_model_with_cfg(
     **kwargs: Any,
 ) -> torch.nn.Module:
     """Build ``variant`` from its family's ``default_cfgs`` (the ``_create_<family>`` helper)."""
-    cfg = default_cfgs[variant]
+    # timm.create_model always passes pretrained_cfg (None unless its caller gave one); a dict
+    # given there overrides fields of the variant's default cfg.
+    cfg_override = kwargs.pop("pretrained_cfg", None)
+    cfg = {**default_cfgs[variant], **(cfg_override if isinstance(cfg_override, dict) else {})}
     overlay = kwargs.pop("pretrained_cfg_overlay", None)
     if pretrained:
         overlay = _resolve_pretrained(variant, cfg, overlay)
