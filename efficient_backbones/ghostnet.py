@@ -113,7 +113,7 @@ class GhostNet(PatchTokensMixin, nn.Module):
         self.conv_stem = conv_layer(in_chans, stem_out, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_out)
         self.act1 = act_layer(inplace=True)
-        self.feature_info: list[dict[str, Any]] = [dict(num_chs=stem_out, reduction=2, module="act1")]
+        self.feature_info: list[dict[str, Any]] = []
 
         num_groups = len(block_cfgs)
         group_dpr = [drop_path_rate * i / max(num_groups - 1, 1) for i in range(num_groups)]
@@ -151,7 +151,8 @@ class GhostNet(PatchTokensMixin, nn.Module):
         )
         group_reduction.append((reduction, self.num_features))
         self.blocks = nn.Sequential(*stages)
-        # One feature per resolution: the last stage before the next downsampling.
+        # One feature per resolution: the last stage before the next downsampling (timm taps the
+        # first stage of each stride instead, e.g. ``blocks.1`` before ``blocks.2`` at stride 4).
         for idx, (red, chs) in enumerate(group_reduction):
             last_at_red = idx + 1 == len(group_reduction) or group_reduction[idx + 1][0] != red
             if last_at_red:
