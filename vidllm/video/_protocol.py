@@ -3,9 +3,8 @@
 Headers are JSON, never pickle: the worker parses untrusted media with C libraries, so the parent
 must not execute anything the worker sends. Frames travel as one raw payload after the header and
 are received straight into the final numpy array (one kernel copy each way). With 4 MiB socket
-buffers this moved 32 frames of 640x360 (22 MB) in about 5 ms here, against about 23 ms for a fresh
-``multiprocessing.shared_memory`` block per request (page faults on both sides); see
-``benchmarks/video_decode.py``.
+buffers this is several times faster than a fresh ``multiprocessing.shared_memory`` block per
+request, which pays page faults on both sides (``benchmarks/video_decode.py`` measures both).
 """
 
 from __future__ import annotations

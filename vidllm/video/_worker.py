@@ -266,8 +266,8 @@ def _check_output(count: int, width: int, height: int, info: Probe, limits: dict
     """Refuse a request whose frames exceed ``max_output_bytes`` or, by estimate, the memory limit.
 
     decord holds its own copy of the batch before ``asnumpy`` copies it, and FFmpeg keeps reference
-    frames at the source size: measured here, 132 frames of 1280x720 (348 MB) peaked at 1.28 GB
-    of address space from 0.32 GB after imports, i.e. about 2.7x the output. Over the limit decord
+    frames at the source size: decoding all 132 frames of bigbuckbunny (1280x720) grows the address
+    space by about three times the output (``benchmarks/video_decode.py``). Over the limit decord
     dies of ``std::bad_alloc``, so refusing early gives the caller a clear VideoTooLargeError.
     """
     nbytes = count * width * height * 3

