@@ -319,7 +319,7 @@ def test_bad_input(open_clip_scorer):
         build_scorer({"kind": "nope"})
     with pytest.raises(ValueError, match="a built open_clip model needs its tokenizer"):
         OpenCLIPScorer(open_clip_scorer.model)
-    with pytest.raises(ValueError, match="built from module instances"):
+    with pytest.raises(ValueError, match="built from a module instance"):
         open_clip_scorer.to_spec()
 
 

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -335,6 +335,37 @@ def build_open_clip(
     return model.eval(), tokenizer
 
 
+def resolve_open_clip(
+    model: str | torch.nn.Module | None,
+    pretrained: str | os.PathLike | None,
+    model_cfg: dict[str, Any] | None,
+) -> tuple[torch.nn.Module, Any, dict[str, Any] | None]:
+    """``(model, tokenizer or None, spec or None)`` for the open_clip towers and scorers: a name or
+    config is built (and described by a spec); a built model is taken as is."""
+    if isinstance(model, str) or model_cfg is not None:
+        spec = {
+            "model": model if model_cfg is None else None,
+            "pretrained": None if pretrained is None else str(pretrained),
+            "model_cfg": model_cfg,
+        }
+        built, tokenizer = build_open_clip(None if model_cfg is not None else model, pretrained, model_cfg)
+        return built, tokenizer, spec
+    if isinstance(model, torch.nn.Module):
+        if pretrained is not None:
+            raise ValueError("pretrained applies to a model built by name")
+        return model, None, None
+    raise ValueError("give an open_clip model name, a built model, or model_cfg")
+
+
+def require_open_clip_vit(visual: torch.nn.Module, hint: str) -> torch.nn.Module:
+    """Patch tokens on a grid need open_clip's ``VisionTransformer`` (not a timm trunk or a ResNet)."""
+    if not isinstance(visual, import_open_clip().transformer.VisionTransformer):
+        raise TypeError(
+            f"an open_clip VisionTransformer image tower is needed, got {type(visual).__name__}; {hint}"
+        )
+    return visual
+
+
 def _check_open_clip_name(open_clip, model_name: str, pretrained: str | None) -> None:
     names = open_clip.list_models()
     cleaned = model_name.replace("/", "-")
@@ -421,6 +452,34 @@ def hf_image_stats(
     return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, "bicubic"
 
 
+def load_hf(model: str | os.PathLike | torch.nn.Module, class_name: str):
+    """``(model, local folder or None, spec or None)``: a folder or hub id is loaded with
+    ``transformers.<class_name>.from_pretrained``; a built model is taken as is."""
+    if isinstance(model, (str, os.PathLike)):
+        source, folder = resolve_hf_source(model)
+        loaded = getattr(import_transformers(), class_name).from_pretrained(source)
+        return loaded, folder, {"model": str(model)}
+    return model, None, None
+
+
+def hf_preprocess(
+    vision_config: Any,
+    folder: Path | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    aspect: Aspect,
+) -> ImagePreprocess:
+    """Preprocessing for a transformers vision model: its config's size, the folder's statistics."""
+    default_mean, default_std, interpolation = hf_image_stats(folder)
+    return ImagePreprocess(
+        size=to_size(vision_config.image_size),
+        mean=tuple(mean or default_mean),
+        std=tuple(std or default_std),
+        interpolation=interpolation,
+        aspect=aspect,
+    )
+
+
 def resolve_hf_source(model: str | os.PathLike) -> tuple[str, Path | None]:
     """Where ``from_pretrained`` should read: ``(source, local folder or None)``.
 
@@ -441,3 +500,91 @@ def resolve_hf_source(model: str | os.PathLike) -> tuple[str, Path | None]:
     if not is_hub_id:
         raise FileNotFoundError(f"model folder {path} does not exist")
     return text, None
+
+
+# ----------------------------------------------------------------------------------------------
+# what towers and scorers share as modules: frozen weights, batch size, specs, a kind registry
+# ----------------------------------------------------------------------------------------------
+
+
+class FrameModule(torch.nn.Module):
+    """A module that preprocesses frames for a wrapped model, in batches, usually frozen.
+
+    A frozen module has no gradients and keeps its wrapped models in eval mode whatever its
+    parent's mode (batch-norm statistics and dropout must not change the features); ``_spec`` says
+    how ``build_*`` can rebuild it from JSON, when it was built from a name or path.
+    """
+
+    kind: str = ""
+
+    def __init__(self, *, max_batch_size: int, frozen: bool = True) -> None:
+        super().__init__()
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = max_batch_size
+        self.frozen = frozen
+        self.preprocess: ImagePreprocess
+        self._spec: dict[str, Any] | None = None
+
+    def _freeze(self, *modules: torch.nn.Module) -> None:
+        if self.frozen:
+            for module in modules:
+                module.requires_grad_(False)
+                module.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            for child in self.children():
+                child.eval()
+        return self
+
+    def _grad_enabled(self) -> bool:
+        return torch.is_grad_enabled() and not self.frozen
+
+    def to_spec(self) -> dict[str, Any]:
+        """A JSON-able spec that the matching ``build_*`` turns back into this module.
+
+        Only a module built from a name, path or registered builder can be described: one built
+        from module instances raises, and its weights belong in the caller's own checkpoint.
+        """
+        if self._spec is None:
+            raise ValueError(
+                f"this {type(self).__name__} was built from a module instance; build it from a name, "
+                "path or registered builder to describe it by a spec, or save its weights with the model"
+            )
+        return {
+            "kind": self.kind,
+            **self._spec,
+            "aspect": self.preprocess.aspect,
+            "max_batch_size": self.max_batch_size,
+        }
+
+
+def register_kind(registry: dict[str, Callable], kind: str, what: str) -> Callable:
+    """A decorator adding a class or builder to ``registry`` under ``kind``."""
+
+    def decorator(builder: Callable) -> Callable:
+        if kind in registry:
+            raise ValueError(f"{what} kind {kind!r} is registered twice")
+        registry[kind] = builder
+        return builder
+
+    return decorator
+
+
+def build_from_spec(registry: dict[str, Callable], spec: dict[str, Any], what: str) -> torch.nn.Module:
+    """``registry[spec["kind"]](**rest)``, then ``.to(device, dtype)`` where the spec names them.
+
+    Entries that are None are left out, so a spec may list every field of its kind.
+    """
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in registry:
+        raise ValueError(f"unknown {what} kind {kind!r}; known kinds: {', '.join(sorted(registry))}")
+    device = spec.pop("device", None)
+    dtype = parse_dtype(spec.pop("dtype", None))
+    module = registry[kind](**{k: v for k, v in spec.items() if v is not None})
+    if device is not None or dtype is not None:
+        module = module.to(device=device, dtype=dtype)
+    return module

@@ -41,18 +41,20 @@ from vidllm._vision import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Aspect,
+    FrameModule,
     ImagePreprocess,
     as_frames,
-    build_open_clip,
+    build_from_spec,
     chunks,
-    hf_image_stats,
-    import_open_clip,
+    hf_preprocess,
     import_string,
     import_transformers,
+    load_hf,
     module_device_dtype,
     open_clip_preprocess,
-    parse_dtype,
-    resolve_hf_source,
+    register_kind,
+    require_open_clip_vit,
+    resolve_open_clip,
     to_size,
 )
 from vidllm.interfaces import Frames
@@ -70,7 +72,7 @@ __all__ = [
 ]
 
 
-class EmbeddingScorer(nn.Module):
+class EmbeddingScorer(FrameModule):
     """Cosine relevance from an image embedder and a text embedder (the shared machinery).
 
     Subclasses set ``self.preprocess`` and ``self._patch_grid`` and implement
@@ -78,19 +80,11 @@ class EmbeddingScorer(nn.Module):
     :meth:`embed_text` (one question -> ``(D,)``). Embeddings need not be normalised.
     """
 
-    kind: str = ""
-
     def __init__(self, *, max_batch_size: int = 32, text_cache_size: int = 64, frozen: bool = True) -> None:
-        super().__init__()
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.max_batch_size = max_batch_size
+        super().__init__(max_batch_size=max_batch_size, frozen=frozen)
         self.text_cache_size = text_cache_size
-        self.frozen = frozen
-        self.preprocess: ImagePreprocess
         self._patch_grid: tuple[int, int] = (0, 0)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._spec: dict[str, Any] | None = None
 
     @property
     def patch_grid(self) -> tuple[int, int]:
@@ -117,7 +111,7 @@ class EmbeddingScorer(nn.Module):
         if cached is not None:
             self._text_cache.move_to_end(question)
             return cached
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        with torch.set_grad_enabled(self._grad_enabled()):
             embedding = F.normalize(self.embed_text(question).float().reshape(-1), dim=0)
         if self.text_cache_size > 0 and not embedding.requires_grad:
             self._text_cache[question] = embedding
@@ -132,7 +126,7 @@ class EmbeddingScorer(nn.Module):
         device, dtype = module_device_dtype(self)
         hs, ws = self._patch_grid
         frame_scores, patch_scores = [], []
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        with torch.set_grad_enabled(self._grad_enabled()):
             for sl in chunks(frames.shape[0], self.max_batch_size):
                 image, patches = self.embed_images(self.preprocess(frames[sl], device, dtype))
                 t = text.to(image.device)
@@ -149,35 +143,11 @@ class EmbeddingScorer(nn.Module):
 
     def train(self, mode: bool = True) -> EmbeddingScorer:
         self.clear_cache()
-        super().train(mode)
-        if self.frozen:
-            for child in self.children():
-                child.eval()
-        return self
+        return super().train(mode)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         self.clear_cache()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def _freeze(self, *modules: nn.Module) -> None:
-        if self.frozen:
-            for module in modules:
-                module.requires_grad_(False)
-                module.eval()
-
-    def to_spec(self) -> dict[str, Any]:
-        """A JSON-able spec :func:`build_scorer` turns back into this scorer (see ``PatchTower.to_spec``)."""
-        if self._spec is None:
-            raise ValueError(
-                f"this {type(self).__name__} was built from module instances; build it from a name, "
-                "path or registered builder to describe it by a spec"
-            )
-        return {
-            "kind": self.kind,
-            **self._spec,
-            "aspect": self.preprocess.aspect,
-            "max_batch_size": self.max_batch_size,
-        }
 
     def extra_repr(self) -> str:
         return f"patch_grid={self.patch_grid}, input_size={self.preprocess.size}, aspect={self.preprocess.aspect!r}"
@@ -240,31 +210,11 @@ class OpenCLIPScorer(EmbeddingScorer):
         text_cache_size: int = 64,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, text_cache_size=text_cache_size)
-        open_clip = import_open_clip()
-        if isinstance(model, str) or model_cfg is not None:
-            self._spec = {
-                "model": model if model_cfg is None else None,
-                "pretrained": None if pretrained is None else str(pretrained),
-                "model_cfg": model_cfg,
-            }
-            model, default_tokenizer = build_open_clip(
-                None if model_cfg is not None else model, pretrained, model_cfg
-            )
-            tokenizer = tokenizer or default_tokenizer
-        elif isinstance(model, nn.Module):
-            if pretrained is not None:
-                raise ValueError("pretrained applies to a model built by name")
-            if tokenizer is None:
-                raise ValueError(
-                    "a built open_clip model needs its tokenizer (open_clip.get_tokenizer(name))"
-                )
-        else:
-            raise ValueError("give an open_clip model name, a built model, or model_cfg")
-        visual = model.visual
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
-            raise TypeError(
-                f"patch scores need an open_clip VisionTransformer image tower, got {type(visual).__name__}"
-            )
+        model, default_tokenizer, self._spec = resolve_open_clip(model, pretrained, model_cfg)
+        tokenizer = tokenizer or default_tokenizer
+        if tokenizer is None:
+            raise ValueError("a built open_clip model needs its tokenizer (open_clip.get_tokenizer(name))")
+        visual = require_open_clip_vit(model.visual, "patch scores project its patch tokens")
         if visual.attn_pool is not None:
             raise TypeError("an attentional-pooling image tower (CoCa) has no per-patch projection to score")
         self.model = model
@@ -320,28 +270,20 @@ class HFCLIPScorer(EmbeddingScorer):
         text_cache_size: int = 64,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, text_cache_size=text_cache_size)
-        folder = None
-        if isinstance(model, (str, os.PathLike)):
-            transformers = import_transformers()
-            self._spec = {"model": str(model)}
-            source, folder = resolve_hf_source(model)
-            model = transformers.CLIPModel.from_pretrained(source)
-            tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(source)
-        elif tokenizer is None:
+        source = model
+        model, folder, self._spec = load_hf(model, "CLIPModel")
+        if folder is not None or self._spec is not None:
+            tokenizer = tokenizer or import_transformers().AutoTokenizer.from_pretrained(
+                str(folder or source)
+            )
+        if tokenizer is None:
             raise ValueError("a built CLIPModel needs its tokenizer")
         self.model = model
         self.tokenizer = tokenizer
         self._freeze(model)
         vision_config = model.config.vision_config
         self._max_text_length = int(model.config.text_config.max_position_embeddings)
-        default_mean, default_std, interpolation = hf_image_stats(folder)
-        self.preprocess = ImagePreprocess(
-            size=to_size(vision_config.image_size),
-            mean=tuple(mean or default_mean),
-            std=tuple(std or default_std),
-            interpolation=interpolation,
-            aspect=aspect,
-        )
+        self.preprocess = hf_preprocess(vision_config, folder, mean, std, aspect)
         self._patch_grid = (vision_config.image_size // vision_config.patch_size,) * 2
 
     def embed_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -486,14 +428,7 @@ SCORERS: dict[str, Callable[..., nn.Module]] = {
 
 def register_scorer(kind: str) -> Callable:
     """Register a scorer class or builder under ``kind`` for :func:`build_scorer`."""
-
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if kind in SCORERS:
-            raise ValueError(f"scorer kind {kind!r} is registered twice")
-        SCORERS[kind] = builder
-        return builder
-
-    return decorator
+    return register_kind(SCORERS, kind, "scorer")
 
 
 def build_scorer(spec: dict[str, Any] | str) -> nn.Module:
@@ -508,13 +443,4 @@ def build_scorer(spec: dict[str, Any] | str) -> nn.Module:
         if not sep or kind not in SCORERS:
             raise ValueError(f"a scorer string is 'kind:model' with kind in {sorted(SCORERS)}, got {spec!r}")
         spec = {"kind": kind, "model": rest}
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind not in SCORERS:
-        raise ValueError(f"unknown scorer kind {kind!r}; known kinds: {', '.join(sorted(SCORERS))}")
-    device = spec.pop("device", None)
-    dtype = parse_dtype(spec.pop("dtype", None))
-    scorer = SCORERS[kind](**{k: v for k, v in spec.items() if v is not None})
-    if device is not None or dtype is not None:
-        scorer = scorer.to(device=device, dtype=dtype)
-    return scorer
+    return build_from_spec(SCORERS, spec, "scorer")
