@@ -310,7 +310,7 @@ def main() -> None:
     print(
         f"decord's peak address space for all 132 frames of bigbuckbunny (1280x720, {output / 1e6:.0f} MB): "
         f"{peak / 1e9:.2f} GB from {base / 1e9:.2f} GB after imports = {(peak - base) / output:.2f}x the output "
-        "(read_video's worker budgets 3x)"
+        "(read_video's worker budgets 3.5x)"
     )
     warm = med["1 keyframe", 8, "read_video"]
     print(

@@ -267,7 +267,7 @@ def _check_output(count: int, width: int, height: int, info: Probe, limits: dict
 
     decord holds its own copy of the batch before ``asnumpy`` copies it, and FFmpeg keeps reference
     frames at the source size: decoding all 132 frames of bigbuckbunny (1280x720) grows the address
-    space by about three times the output (``benchmarks/video_decode.py``). Over the limit decord
+    space by about three times the output (``benchmarks/video_decode.py``); we budget 3.5x. Over the limit decord
     dies of ``std::bad_alloc``, so refusing early gives the caller a clear VideoTooLargeError.
     """
     nbytes = count * width * height * 3
@@ -278,11 +278,11 @@ def _check_output(count: int, width: int, height: int, info: Probe, limits: dict
             "(num_frames or fps) or a smaller max_side"
         )
     memory = limits["worker_memory_bytes"]
-    need = _address_space() + 3 * nbytes + 16 * info.width * info.height * 3 // 2
+    need = _address_space() + 7 * nbytes // 2 + 16 * info.width * info.height * 3 // 2
     if memory is not None and need > memory:
         if not _fresh:
-            # Earlier requests left malloc arenas and thread stacks mapped (about 0.3 GB after the
-            # first decord read, measured), which count against RLIMIT_AS: a fresh worker may fit.
+            # Earlier requests left malloc arenas and thread stacks mapped (reserved address space
+            # that RLIMIT_AS counts though little of it is resident): a fresh worker may fit.
             raise _StaleWorkerError
         raise VideoTooLargeError(
             f"would need about {need / 2**30:.1f} GiB to decode {count} frames of {width}x{height}, "
