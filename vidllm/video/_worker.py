@@ -267,8 +267,8 @@ def _check_output(count: int, width: int, height: int, info: Probe, limits: dict
 
     decord holds its own copy of the batch before ``asnumpy`` copies it, and FFmpeg keeps reference
     frames at the source size: decoding all 132 frames of bigbuckbunny (1280x720) grows the address
-    space by about three times the output (``benchmarks/video_decode.py``); we budget 3.5x. Over the limit decord
-    dies of ``std::bad_alloc``, so refusing early gives the caller a clear VideoTooLargeError.
+    space by about three times the output (``benchmarks/video_decode.py``); we budget 3.5x. Over
+    the limit decord dies of ``std::bad_alloc``, so refusing early gives a clear VideoTooLargeError.
     """
     nbytes = count * width * height * 3
     if nbytes > limits["max_output_bytes"]:
