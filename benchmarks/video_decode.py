@@ -225,27 +225,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vidllm-bench-") as tmp:
         count = FPS * SECONDS
+        # One keyframe for the whole clip, and one every 30 frames (every second).
         clips = {
-            "1 keyframe": write_clip(
-                Path(tmp) / "gop300.mp4",
+            name: write_clip(
+                Path(tmp) / f"gop{gop}.mp4",
                 num_frames=count,
                 fps=FPS,
                 width=WIDTH,
                 height=HEIGHT,
                 pattern="motion",
                 digits=3,
-                keyframe_interval=count,
-            ),
-            "keyframe / 30": write_clip(
-                Path(tmp) / "gop30.mp4",
-                num_frames=count,
-                fps=FPS,
-                width=WIDTH,
-                height=HEIGHT,
-                pattern="motion",
-                digits=3,
-                keyframe_interval=30,
-            ),
+                keyframe_interval=gop,
+            )
+            for name, gop in (("1 keyframe", count), ("keyframe / 30", 30))
         }
         methods = {
             "decord": decord_sample,

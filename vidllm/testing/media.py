@@ -168,16 +168,25 @@ def write_clip(
                 k = keyframe_interval
                 options["x264-params"] = f"keyint={k}:min-keyint={k}:scenecut=0"
         stream.options = options
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(
+        frames = (
+            av.VideoFrame.from_ndarray(
                 make_frame(i, width, height, digits=digits, pattern=pattern), format="rgb24"
             )
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            for i in range(num_frames)
+        )
+        _encode(container, stream, frames)
     return path
+
+
+def _encode(container, stream, frames) -> None:
+    """Encode and mux ``frames`` (numbered from 0 when they carry no pts), then flush the encoder."""
+    for i, frame in enumerate(frames):
+        if frame.pts is None:
+            frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def write_audio_only(path: str | os.PathLike, *, seconds: float = 1.0, sample_rate: int = 16000) -> Path:
@@ -187,17 +196,19 @@ def write_audio_only(path: str | os.PathLike, *, seconds: float = 1.0, sample_ra
     path = Path(path)
     with av.open(str(path), "w", format="mp4" if path.suffix in (".mp4", ".m4a") else None) as container:
         stream = container.add_stream("aac", rate=sample_rate)
-        block = 1024
-        for start in range(0, int(seconds * sample_rate), block):
-            t = (start + np.arange(block)) / sample_rate
-            samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sample_rate, start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _encode(container, stream, _tone(seconds, sample_rate))
     return path
+
+
+def _tone(seconds: float, sample_rate: int, block: int = 1024):
+    import av
+
+    for start in range(0, int(seconds * sample_rate), block):
+        t = (start + np.arange(block)) / sample_rate
+        samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, start
+        yield frame
 
 
 def write_image(path: str | os.PathLike, *, width: int = 64, height: int = 48) -> Path:
