@@ -30,9 +30,10 @@ _STAR_EDGE_LEN = math.hypot(_STAR_EX, _STAR_EY)
 def shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Signed distance (negative inside) to a shape of radius 1 centred at the origin.
 
-    ``u`` grows rightwards and ``v`` downwards. The circle is exact; the square, the triangle
-    (apex up, base and height 2) and the star (apex up) are exact along their edges and
-    approximate near corners, which only shifts the anti-aliasing there by a fraction of a pixel.
+    ``u`` grows rightwards and ``v`` downwards. The circle and the star (apex up) are exact; the
+    square and the triangle (apex up, base and height 2) are exact along their edges and
+    underestimate the distance beyond corners, which the renderer bounds by intersecting every
+    shape with its bounding box.
     """
     if shape == "circle":
         return np.sqrt(u * u + v * v) - 1.0
@@ -42,13 +43,16 @@ def shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.maximum(v - 1.0, (2.0 * np.abs(u) - v - 1.0) / math.sqrt(5.0))
     if shape == "star":
         # Fold the angle (measured from the upper apex) into one half-sector [0, pi/5]; there the
-        # star is the side of the line from the apex (1, 0) to the inner vertex that holds the origin.
+        # boundary is the segment from the apex (1, 0) to the inner vertex, and the inside is the
+        # side of that segment's line that holds the origin.
         rho = np.sqrt(u * u + v * v)
         theta = np.arctan2(v, u) + math.pi / 2  # in [-pi/2, 3pi/2]
         theta -= np.floor(theta / _SECTOR) * _SECTOR
         theta = np.minimum(theta, _SECTOR - theta)
         qx, qy = rho * np.cos(theta) - 1.0, rho * np.sin(theta)
-        return (_STAR_EY * qx - _STAR_EX * qy) / _STAR_EDGE_LEN
+        along = np.clip((qx * _STAR_EX + qy * _STAR_EY) / _STAR_EDGE_LEN**2, 0.0, 1.0)
+        distance = np.sqrt((qx - along * _STAR_EX) ** 2 + (qy - along * _STAR_EY) ** 2)
+        return np.where(_STAR_EY * qx - _STAR_EX * qy > 0, distance, -distance)
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -87,8 +91,11 @@ def _draw_object(frames: np.ndarray, obj: SceneObject, times: np.ndarray) -> Non
     ys = top[:, None] + np.arange(ph)  # (n, ph) pixel rows
     u = ((xs + 0.5 - cx[:, None]) / rx).astype(np.float32)
     v = ((ys + 0.5 - cy[:, None]) / ry).astype(np.float32)
-    d = shape_distance(obj.shape, u[:, None, :], v[:, :, None])
-    alpha = np.clip(np.float32(0.5) - d * np.float32(min(rx, ry)), 0.0, 1.0)[..., None]  # (n, ph, pw, 1)
+    d = shape_distance(obj.shape, u[:, None, :], v[:, :, None]) * np.float32(min(rx, ry))
+    # Intersect with the bounding box, measured in pixels along each axis: no shape's
+    # anti-aliasing reaches more than half a pixel beyond its box, whatever the frame's aspect.
+    box = np.maximum((np.abs(u) * rx - rx)[:, None, :], (np.abs(v) * ry - ry)[:, :, None]).astype(np.float32)
+    alpha = np.clip(np.float32(0.5) - np.maximum(d, box), 0.0, 1.0)[..., None]  # (n, ph, pw, 1)
     # One flat index per pixel: numpy gathers and scatters rows of a 2D array much faster than
     # it handles three broadcast index arrays.
     pixels = frames.reshape(-1, 3)
