@@ -176,6 +176,20 @@ def test_rasterised_area_matches_the_geometry(shape):
     assert coverage.max() < 1.01
 
 
+def test_annotations_locate_the_objects(train_items):
+    for scene, _, _ in train_items[:20]:
+        frames = render(scene, 20, (60, 90))
+        for frame, objects in zip(frames, scene.annotations(20)):
+            on_screen = {c for c in COLORS if color_mask(frame, c, tol=30).any()}
+            assert on_screen == {name.split(" ")[0] for name, _ in objects}
+            for name, (x0, y0, x1, y1) in objects:
+                ys, xs = np.nonzero(color_mask(frame, name.split(" ")[0], tol=30))
+                assert x0 * 90 - 1 <= xs.min()
+                assert xs.max() <= x1 * 90 + 1
+                assert y0 * 60 - 1 <= ys.min()
+                assert ys.max() <= y1 * 60 + 1
+
+
 def test_scene_serialises_exactly(train_items):
     for scene, _, _ in train_items[:5]:
         again = Scene.from_dict(json.loads(json.dumps(scene.to_dict())))
@@ -560,6 +574,33 @@ def test_writer_layouts_and_pixels(written):
                     assert np.abs(patch - COLOR_RGB[obj.color]).max() < 40
 
 
+def test_written_windows_match_what_the_reader_decodes(written):
+    """Through the project's reader: a subject is at its centre exactly in the frames whose
+    timestamp falls in its written window (the rule the reducer's coverage checks use)."""
+    from vidllm.video import read_video
+
+    (out, _), _ = written
+    _, _, answers, mc = load_split(out)
+    scenes = {s["video_id"]: Scene.from_dict(s) for s in json.loads((out / "scenes.json").read_text())}
+    checked = 0
+    for ans, item in zip(answers, mc):
+        video = read_video(video_path(out, item["video"]))
+        assert np.array_equal(video.frames, decode(video_path(out, item["video"]))[0])
+        scene = scenes[item["video"].removesuffix(".mp4")]
+        by_name = {o.description: o for o in scene.objects}
+        for name, (start, end) in zip(ans["subjects"], ans["windows"], strict=True):
+            obj = by_name[name]
+            if obj.radius * 64 < 4:
+                continue
+            for frame, ts in zip(video.frames, video.timestamps):
+                # Where it is, or (outside its window) where it enters or leaves.
+                x, y = obj.position(np.clip(ts / scene.duration, obj.start, obj.end))
+                shown = bool(color_mask(frame[int(y * 64), int(x * 80)], obj.color, tol=50))
+                assert shown == (start <= ts < end), (item["question_id"], obj.description, ts)
+                checked += 1
+    assert checked > 100
+
+
 def test_cli_writes_a_split(tmp_path, capsys):
     assert (
         cli_main(
@@ -585,3 +626,16 @@ def test_cli_writes_a_split(tmp_path, capsys):
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
     with pytest.raises(SystemExit):
         cli_main(["write", "--out", str(tmp_path), "--size", "33x48"])
+
+
+def test_cli_show_stats_and_bench(capsys):
+    assert cli_main(["show", "--num-videos", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert lines[0].startswith("synthetic_test_00000_q0")
+    assert cli_main(["stats", "--num-videos", "40", "--max-questions", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "120 questions" in out
+    assert "short-lived" in out
+    assert cli_main(["bench", "--items", "3", "--size", "32x32", "--num-frames", "10"]) == 0
+    assert "whole item" in capsys.readouterr().out

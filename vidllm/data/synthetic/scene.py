@@ -206,6 +206,14 @@ class Scene:
         """Indices of the objects on screen at normalised time ``t``."""
         return [i for i, o in enumerate(self.objects) if o.visible(t)]
 
+    def annotations(self, num_frames: int) -> list[list[tuple[str, tuple[float, float, float, float]]]]:
+        """Per frame, ``(description, box)`` of each object on screen: captions and regions for
+        training a text-frame relevance scorer (boxes are fractions of the frame, see :meth:`SceneObject.box`)."""
+        return [
+            [(o.description, o.box(float(t))) for o in self.objects if o.visible(t)]
+            for t in self.frame_times(num_frames)
+        ]
+
     def frame_times(self, num_frames: int) -> np.ndarray:
         """Normalised times of ``num_frames`` frames spanning the video (frame ``i`` at ``i / T``)."""
         if num_frames < 1:
