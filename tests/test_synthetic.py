@@ -340,6 +340,8 @@ def test_every_question_is_well_posed(test_set, train_items):
     for scene, q, _ in train_items:
         check_scene(scene)
         check_question(scene, q)
+    asked = Counter((q.video_id, q.template, frozenset(q.slots.values())) for q in test_set.questions)
+    assert max(asked.values()) == 1  # never the same question twice about one video
     ids = [q.question_id for q in test_set.questions]
     assert len(set(ids)) == len(ids) == 1000
 

@@ -26,7 +26,6 @@ template's answer space, except for ``first``, whose options are the two objects
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -427,12 +426,12 @@ class QuestionSet:
 
     Video ``v`` is drawn from the split's stream ``(split, v)``. Its first question is targeted:
     the (template, answer) pair furthest below its share so far (templates uniform, answers
-    uniform within a template), and its
-    subject short-lived / small when that moves the set towards the configured shares; the
-    scene is built for it. The video's other questions are its well-posed questions that best
-    even out the counts (templates first, then answers, then the tag shares), preferring
-    templates not yet asked about the same video. The set depends only on (split, config, seed),
-    and a smaller set is a prefix of a larger one.
+    uniform within a template), its subject short-lived / small when that moves the set towards
+    the configured shares, and the scene built for it. The video's other questions are its
+    well-posed questions that best even out the counts (templates first, then answers, then the
+    tag shares), preferring templates not yet asked about the same video and never asking the
+    same thing twice. The set depends only on (split, config, seed), and a smaller set is a
+    prefix of a larger one.
     """
 
     split: str
@@ -440,6 +439,7 @@ class QuestionSet:
     scenes: list[Scene]
     questions: list[Question]
     world_seed: int = 0
+    _by_id: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -483,19 +483,19 @@ class QuestionSet:
             scenes.append(scene)
             asked = [primary]
             balance.add(primary)
-            pool = [c for c in well_posed(scene, config) if (c[0], c[1]) != (template, primary.slots)]
+            # "first" about (a, b) and about (b, a) ask the same thing.
+            same = lambda template, slots: (template, frozenset(slots.values()))
+            pool = [c for c in well_posed(scene, config) if same(*c[:2]) != same(template, primary.slots)]
             quota = min(questions_per_video, max_questions - len(questions))
             while len(asked) < quota and pool:
                 used = {q.template for q in asked}
                 choice = _least(rng, pool, partial(balance.extra_key, scene, used))
-                pool.remove(choice)
+                pool = [c for c in pool if same(*c[:2]) != same(*choice[:2])]
                 q = make_question(rng, scene, choice[0], choice[1], config, f"{video_id}_q{len(asked)}")
                 asked.append(q)
                 balance.add(q)
             questions.extend(asked)
         return cls(split, config, scenes, questions, world_seed)
-
-    _by_id: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def scene(self, video_id: str) -> Scene:
         if len(self._by_id) != len(self.scenes):
@@ -517,13 +517,3 @@ class QuestionSet:
             "small_share": sum(q.small for q in self.questions) / n,
             "short_lived_or_small_share": sum(q.short_lived or q.small for q in self.questions) / n,
         }
-
-
-def answer_entropy(questions: list[Question], template: str, config: WorldConfig | None = None) -> float:
-    """Entropy of the answers of ``template`` relative to uniform over its answer space (1 = uniform)."""
-    counts = Counter(q.answer for q in questions if q.template == template)
-    total = sum(counts.values())
-    if total == 0:
-        return 0.0
-    h = -sum(c / total * math.log(c / total) for c in counts.values())
-    return h / math.log(len(answer_space(template, config)))

@@ -14,8 +14,8 @@ the frames of its window and is never hidden.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -200,7 +200,6 @@ class Scene:
     ramp_angle: float = 0.0
     texture_seed: int = 0
     duration: float = 5.0
-    meta: dict = field(default_factory=dict, compare=False)
 
     def visible_objects(self, t: float) -> list[int]:
         """Indices of the objects on screen at normalised time ``t``."""
@@ -226,7 +225,6 @@ class Scene:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.pop("meta")
         data["background"] = list(self.background)
         return data
 
@@ -328,7 +326,7 @@ def sample_scene(
     config: WorldConfig,
     *,
     video_id: str,
-    requests: list[ObjectRequest] = (),
+    requests: Sequence[ObjectRequest] = (),
     num_objects: int | None = None,
     exclude_shapes: Iterable[str] = (),
     windows: list[tuple[float, float]] | None = None,
