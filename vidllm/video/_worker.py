@@ -433,11 +433,15 @@ def read(path: str, request: SamplingRequest, limits: dict, *, use_decord: bool)
 
 
 def _set_memory_limit(nbytes: int | None) -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    soft = resource.RLIM_INFINITY if nbytes is None else nbytes
-    if hard != resource.RLIM_INFINITY:
-        soft = hard if soft == resource.RLIM_INFINITY else min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    """Cap this process's address space for one request (the soft limit; the hard one stays)."""
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = resource.RLIM_INFINITY if nbytes is None else nbytes
+        if hard != resource.RLIM_INFINITY:
+            soft = hard if soft == resource.RLIM_INFINITY else min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIMIT_AS below the current size
+        logger.warning("could not set the decode worker's memory limit: %s", exc)
 
 
 def _handle(sock: socket.socket, message: dict, use_decord: bool) -> bool:
