@@ -23,6 +23,7 @@ import numpy as np
 from vidllm.video import _pool
 from vidllm.video.errors import (
     EmptyVideoError,
+    InvalidSamplingError,
     InvalidVideoSourceError,
     VideoError,
     VideoNotFoundError,
@@ -148,7 +149,8 @@ def _materialize(source, limits: VideoLimits) -> Iterator[str]:
         yield _local_path(source, limits)
         return
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = memoryview(source).cast("B")
+        data = memoryview(source)
+        data = (data if data.c_contiguous else memoryview(data.tobytes())).cast("B")
         _check_size(data.nbytes, limits)
         chunks: Iterator = iter((data,))
     elif callable(getattr(source, "read", None)):
@@ -223,15 +225,17 @@ def read_video(
     limits = get_default_limits() if limits is None else limits
     if not isinstance(limits, VideoLimits):
         raise TypeError(f"limits must be a VideoLimits, got {type(limits).__name__}")
+    request = SamplingRequest.create(num_frames, fps, start, end, max_side)
     label = _label(source)
     try:
-        request = SamplingRequest.create(num_frames, fps, start, end, max_side)
         with _materialize(source, limits) as path:
             message = {"op": "read", "path": path, "request": request.to_dict(), "limits": limits.to_dict()}
             header, frames = _pool.get_pool().run(message, limits.timeout_s, limits.max_output_bytes)
     except VideoNotFoundError:
         raise
-    except VideoError as exc:
+    except InvalidSamplingError as exc:
+        raise InvalidSamplingError(f"{label}: {exc}") from None
+    except VideoError as exc:  # messages read on from the label: "video 'a.mp4' is empty ..."
         raise type(exc)(f"{label} {exc}") from None
     meta = header["meta"]
     return Video(
