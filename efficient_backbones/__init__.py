@@ -10,7 +10,7 @@ variant, here and in timm's registry where timm does not already have the name.
 """
 
 # Importing a family module registers its variants.
-from efficient_backbones import g_ghost, ghostnet, ghostnetv2, parameternet, spconv, tinynet, tnt, vig  # noqa: F401
+from efficient_backbones import drnet, g_ghost, ghostnet, ghostnetv2, parameternet, spconv, tinynet, tnt, vig  # noqa: F401
 from efficient_backbones._builder import build_model_with_cfg, create_model, default_cfg, load_checkpoint
 from efficient_backbones._features import PatchTokensMixin, feature_map_to_tokens, patch_tokens
 from efficient_backbones._registry import (

@@ -14,9 +14,10 @@ The input channels are split by ``alpha`` into a representative part and a redun
   responses weighs the two maps (a two-way "selective kernel" with no FC layers).
 
 At stride 2 the point-wise and cheap paths see a 2x2-average-pooled input, so only the 3x3
-group-wise path convolves at the full resolution. The official code's stride-2 branch refers to a
-variable it never defines (it could not run); this is the fix its comment describes ("use avgpool
-first"). We pool with ``ceil_mode=True`` so odd sizes match the strided 3x3's output size.
+group-wise path convolves at the full resolution (official code at commit 78c734f; an earlier
+revision's stride-2 branch referred to an undefined variable). We pool with ``ceil_mode=True`` so
+odd sizes match the strided 3x3's output size; on even sizes (every stage of a 224 px ResNet) it
+is the official pooling, and the outputs equal the official module's bit for bit.
 """
 
 from __future__ import annotations
