@@ -317,6 +317,7 @@ def decode_decord(path: str, info: Probe, request: SamplingRequest, limits: dict
             raise RuntimeError("decord found no frames")
         _check_count(count, 0.0, limits)
         stamps = np.asarray(reader.get_frame_timestamp(np.arange(count)), dtype=np.float64).reshape(count, 2)
+        stamps = stamps.round(6)  # decord keeps float32 seconds: 0.1 arrives as 0.10000000149
         _check_count(count, float(stamps[:, 1].max()), limits)
         indices = select_frames(stamps[:, 0], stamps[:, 1], request)
         _check_output(len(indices), out_w, out_h, info, limits)
