@@ -22,9 +22,10 @@ def random_frames(t: int = 5, h: int = 40, w: int = 56, seed: int = 0) -> np.nda
 
 
 def check_tower(tower, frames: np.ndarray) -> torch.Tensor:
-    """The VisionTower contract: shapes = grid, the full-box crop equals encode, batch size 1 and
-    8 give the same features."""
+    """The VisionTower contract: shapes = grid, the full-box crop equals encode, one frame per
+    batch gives the same features as all frames in one batch."""
     assert isinstance(tower, VisionTower)
+    assert tower.max_batch_size >= len(frames)
     features = tower.encode(frames)
     assert features.shape == (len(frames), *tower.grid, tower.hidden_size)
     assert not features.requires_grad
@@ -34,11 +35,12 @@ def check_tower(tower, frames: np.ndarray) -> torch.Tensor:
     try:
         tower.max_batch_size = 1
         one = tower.encode(frames)
-        tower.max_batch_size = 8
-        eight = tower.encode(frames)
     finally:
         tower.max_batch_size = batch
-    torch.testing.assert_close(one, eight, atol=1e-5, rtol=1e-4)
+    # Convolution algorithms change with the batch size: allow float32 noise relative to the
+    # features' scale (a random-init ResNet-50's features reach ~150; noise there is ~1e-4).
+    scale = max(1.0, features.abs().max().item())
+    torch.testing.assert_close(one, features, atol=1e-5 * scale, rtol=1e-4)
     return features
 
 
@@ -59,7 +61,7 @@ def timm_tower(request):
 
 
 def test_timm_tower_contract(timm_tower):
-    check_tower(timm_tower, random_frames(9))
+    check_tower(timm_tower, random_frames(8))
 
 
 def test_timm_tower_features_are_the_models_own(timm_tower):
@@ -156,9 +158,14 @@ def test_backbone_checkpoint_and_spec_round_trip(tmp_path):
 # -- the zoo's registered families -----------------------------------------------------------------
 
 
+# Families whose smallest variant is larger than this run in the slow suite: building and running
+# a 20-35M-parameter model at its default input size takes tens of seconds on two shared cores.
+DEFAULT_RUN_MAX_PARAMS = 10_000_000
+
+
 def _smallest_per_family() -> list:
     """One variant per registered family: the one with the fewest parameters (counted on the meta
-    device, nothing allocated)."""
+    device, nothing allocated); large ones are marked slow."""
     by_family: dict[str, list[str]] = {}
     for name in eb.list_models():
         by_family.setdefault(eb.model_family(name), []).append(name)
@@ -173,17 +180,23 @@ def _smallest_per_family() -> list:
         try:
             with torch.device("meta"):
                 return sum(p.numel() for p in eb.create_model(name).parameters())
-        except Exception:
+        except Exception:  # a family that cannot be built on the meta device: treat as large
             return float("inf")
 
-    return [pytest.param(min(names, key=size), id=family) for family, names in sorted(by_family.items())]
+    params = []
+    for family, names in sorted(by_family.items()):
+        sizes = {n: size(n) for n in names}
+        name = min(names, key=sizes.get)
+        marks = [pytest.mark.slow] if sizes[name] > DEFAULT_RUN_MAX_PARAMS else []
+        params.append(pytest.param(name, id=family, marks=marks))
+    return params
 
 
 @pytest.mark.parametrize("name", _smallest_per_family())
 def test_zoo_family_tower_contract(name):
     """Every registered family serves as a tower through patch_tokens, at its default input size."""
     tower = BackboneTower(name)
-    frames = random_frames(2, 50, 70)  # two frames: default input sizes are large for 2 CPU cores
+    frames = random_frames(2, 50, 70)
     features = check_tower(tower, frames)
     with torch.no_grad():
         tokens, grid = eb.patch_tokens(tower.model, tower.preprocess(torch.from_numpy(frames)))

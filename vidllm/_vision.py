@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +55,10 @@ def as_frames(frames: Frames) -> torch.Tensor:
     if isinstance(frames, np.ndarray):
         if any(s < 0 for s in frames.strides):
             frames = np.ascontiguousarray(frames)
-        frames = torch.from_numpy(frames)
+        with warnings.catch_warnings():
+            # decoded frames are often read-only; they are only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            frames = torch.from_numpy(frames)
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"frames must be a numpy array or a torch tensor, got {type(frames).__name__}")
     if frames.dtype != torch.uint8:

@@ -272,10 +272,10 @@ class HFCLIPScorer(EmbeddingScorer):
         super().__init__(max_batch_size=max_batch_size, text_cache_size=text_cache_size)
         source = model
         model, folder, self._spec = load_hf(model, "CLIPModel")
-        if folder is not None or self._spec is not None:
-            tokenizer = tokenizer or import_transformers().AutoTokenizer.from_pretrained(
-                str(folder or source)
-            )
+        if self._spec is not None:
+            self._spec.update(mean=mean, std=std)
+        if tokenizer is None and self._spec is not None:  # loaded from a folder or hub id
+            tokenizer = import_transformers().AutoTokenizer.from_pretrained(str(folder or source))
         if tokenizer is None:
             raise ValueError("a built CLIPModel needs its tokenizer")
         self.model = model

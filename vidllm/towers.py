@@ -223,6 +223,9 @@ class BackboneTower(PatchTower):
                 "pretrained": pretrained,
                 "checkpoint": None if checkpoint is None else str(checkpoint),
                 "image_size": None if image_size is None else list(to_size(image_size)),
+                "mean": None if mean is None else list(mean),
+                "std": None if std is None else list(std),
+                "interpolation": interpolation,
                 "model_kwargs": model_kwargs,
             }
             model = _create_backbone(model, pretrained, checkpoint, model_kwargs)
@@ -388,7 +391,7 @@ class HFCLIPTower(PatchTower):
         super().__init__(max_batch_size=max_batch_size, frozen=frozen)
         model, folder, spec = load_hf(model, "CLIPVisionModel")
         if spec is not None:
-            self._spec = {**spec, "select_layer": select_layer}
+            self._spec = {**spec, "select_layer": select_layer, "mean": mean, "std": std}
         vision = getattr(model, "vision_model", model)  # a CLIPModel's vision part
         config = vision.config
         self.vision_model = vision
