@@ -211,7 +211,7 @@ class TNT(nn.Module):
         self.pixel_pos = nn.Parameter(torch.zeros(1, inner_dim, *new_patch_size))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(
                 inner_dim,

@@ -267,9 +267,10 @@ class VisionGNN(_ViGBase):
         grid = _halved(img_size, 4)
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, grid, grid))
 
-        knn = [int(v) for v in torch.linspace(num_knn, max_knn or 2 * num_knn, depth).tolist()]
+        # Schedules are host-side numbers: device="cpu" keeps them so under `with torch.device("meta")`.
+        knn = [int(v) for v in torch.linspace(num_knn, max_knn or 2 * num_knn, depth, device="cpu").tolist()]
         dilations = _dilations(depth, grid * grid // max(knn))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.Sequential(
             *(
                 ViGBlock(embed_dim, knn[i], dilations[i], 1, mlp_ratio, dpr[i], act_layer)
@@ -431,7 +432,7 @@ class PyramidVisionGNN(_ViGBase):
         num_blocks = sum(depths)
         last_grid = _halved(grid, len(depths) - 1)
         dilations = _dilations(num_blocks, last_grid * last_grid // num_knn)
-        dpr = torch.linspace(0, drop_path_rate, num_blocks).tolist()
+        dpr = torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist()
         stages, self.feature_info = [], []
         start, prev = 0, embed_dims[0]
         for i, (dim, depth, ratio) in enumerate(zip(embed_dims, depths, reduce_ratios)):
