@@ -97,7 +97,10 @@ class DFCAttention(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.avg_pool2d(x, kernel_size=2, stride=2)).sigmoid_()
+        # A map narrower than 2 (inputs under 64 px) has no full 2x2 window; the official code
+        # fails there, ceil_mode pools the partial window. Elsewhere both are the same pooling.
+        tiny = x.shape[-2] < 2 or x.shape[-1] < 2
+        return super().forward(F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=tiny)).sigmoid_()
 
 
 def apply_gate_upsampled(out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
