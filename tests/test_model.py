@@ -1,0 +1,144 @@
+"""The VideoLLM pipeline end to end on tiny random models: token accounting, determinism,
+save/load, budgets, streaming, batching, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidllm.model import VideoLLM
+from vidllm.reducer import ReducerConfig, plan
+from vidllm.testing.tiny import tiny_video_llm
+from vidllm.video import VideoError
+
+QUESTION = "what color is the square ?"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_video_llm(seed=0)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(20, 40, 48, 3), dtype=np.uint8)
+
+
+def test_visual_tokens_equal_the_plan_and_the_embeddings_fed(model, frames):
+    prepared = model.prepare(frames, QUESTION)
+    config = model.config.reducer_config()
+    expected = plan(config, model.tower.grid, num_frames=len(frames))
+    assert prepared.reduction.num_tokens == expected.total
+    markers = len(prepared.reduction.segments) + 2  # a path marker per frame, start and end
+    text = prepared.embeds.shape[0] - expected.total - markers
+    assert text > 0  # template, timestamps and question
+    answer = model.answer(frames, QUESTION)
+    assert answer.visual_tokens == expected.total
+    assert answer.prompt_tokens == prepared.embeds.shape[0]
+    assert answer.uniform_tokens == config.num_frames * 16
+
+
+def test_same_input_same_answer_and_frames(model, frames):
+    first, second = model.answer(frames, QUESTION), model.answer(frames, QUESTION)
+    assert first.text == second.text
+    assert first.frames == second.frames
+    assert first.boxes == second.boxes
+
+
+def test_answer_reports_frames_boxes_and_relevance(model, frames):
+    answer = model.answer(frames, QUESTION)
+    assert [len(answer.frames[p]) for p in ("slow", "middle", "fast")] == [2, 2, 8]
+    assert len(answer.relevance) == len(answer.sampled_timestamps) == 8
+    sampled = {f.index for f in answer.frames["fast"]}
+    assert {f.index for f in answer.frames["slow"]} <= sampled
+    height, width = frames.shape[1:3]
+    for x0, y0, x1, y1 in answer.boxes.values():
+        assert 0 <= x0 < x1 <= width
+        assert 0 <= y0 < y1 <= height
+    assert {"decode", "encode", "score", "reduce", "generate", "total"} <= set(answer.timings)
+
+
+def test_save_and_load_round_trip(model, frames, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    loaded = VideoLLM.from_pretrained(tmp_path / "m")
+    a, b = model.prepare(frames, QUESTION), loaded.prepare(frames, QUESTION)
+    torch.testing.assert_close(a.embeds, b.embeds, rtol=0, atol=0)
+    assert loaded.answer(frames, QUESTION).text == model.answer(frames, QUESTION).text
+
+
+def test_loading_a_directory_without_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"vidllm_config\.json is missing"):
+        VideoLLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("budget", [16, 40, 100])
+def test_budget_is_respected(model, frames, budget):
+    answer = model.answer(frames, QUESTION, budget=budget)
+    assert answer.visual_tokens <= budget
+    uniform = model.answer(frames, QUESTION, budget=budget, reducer="uniform")
+    assert uniform.visual_tokens <= budget
+    assert set(uniform.frames) == {"uniform"}
+
+
+def test_budget_too_small_names_the_smallest_that_works(model, frames):
+    with pytest.raises(ValueError, match="smallest that works is"):
+        model.answer(frames, QUESTION, budget=0)
+
+
+def test_stream_yields_the_answer(model, frames):
+    pieces = list(model.stream(frames, QUESTION, max_new_tokens=6))
+    assert "".join(pieces).strip() == model.answer(frames, QUESTION, max_new_tokens=6).text
+
+
+def test_answer_batch_equals_one_by_one(model, frames):
+    videos = [frames, frames[:7], frames[::-1].copy()]
+    questions = [QUESTION, "how many circle s appear in the video ?", "which appears first ?"]
+    batch = model.answer_batch(videos, questions, max_new_tokens=5)
+    single = [model.answer(v, q, max_new_tokens=5) for v, q in zip(videos, questions, strict=True)]
+    assert [a.text for a in batch] == [a.text for a in single]
+    assert [a.frames for a in batch] == [a.frames for a in single]
+
+
+@pytest.mark.parametrize("question", ["", "   ", "x" * 5000])
+def test_bad_questions_are_value_errors(model, frames, question):
+    with pytest.raises(ValueError, match="question"):
+        model.answer(frames, question)
+
+
+def test_video_errors_reach_the_caller(model, tmp_path):
+    bad = tmp_path / "clip.mp4"
+    bad.write_text("this is not a video")
+    with pytest.raises(VideoError, match=r"\S"):
+        model.answer(bad, QUESTION)
+    with pytest.raises(VideoError):
+        model.answer(tmp_path / "missing.mp4", QUESTION)
+
+
+def test_reads_video_files(model, make_clip):
+    path = make_clip(num_frames=30, fps=10, width=64, height=48)
+    answer = model.answer(path, QUESTION)
+    assert answer.visual_tokens == plan(model.config.reducer_config(), model.tower.grid).total
+    assert [f.timestamp for f in answer.frames["fast"]] == pytest.approx(
+        sorted(f.timestamp for f in answer.frames["fast"])
+    )
+    assert answer.sampled_timestamps[-1] < 3.0
+
+
+def test_unknown_reducer_is_a_value_error(model, frames):
+    with pytest.raises(ValueError, match="unknown reducer"):
+        model.answer(frames, QUESTION, reducer="random")
+
+
+def test_reencode_mode_runs_and_matches_its_plan(frames):
+    reducer = {
+        "num_frames": 8,
+        "slow_frames": 2,
+        "middle_frames": 1,
+        "roi_mode": "reencode",
+        "pool_stride": 1,
+    }
+    m = tiny_video_llm(seed=1, reducer=reducer)
+    answer = m.answer(frames, QUESTION)
+    assert answer.visual_tokens == plan(ReducerConfig(**reducer), m.tower.grid).total
