@@ -56,7 +56,8 @@ MARKERS = {
     "slow": "<|slow|>",
     "middle": "<|middle|>",
     "fast": "<|fast|>",
-    "uniform": "<|frame|>",
+    "uniform": "<|uniform|>",
+    "frame": "<|frame|>",
 }
 
 
@@ -308,17 +309,30 @@ class VideoLLM(nn.Module):
         )
 
     def _layout(self, reduction: Reduction, timestamps: Sequence[float], question: str) -> torch.Tensor:
-        """Input embeddings: template text around ``<|video_start|>`` [marker, time, visual tokens]* ``<|video_end|>``."""
+        """Input embeddings of the prompt template with the video in place of ``{video}``.
+
+        The video is ``<|video_start|>``, then for each path a path marker (``<|slow|>``, ...)
+        followed by its frames, each a ``<|frame|>`` separator, the frame's time as text
+        (``"12.5s"``; left out on the fast path, whose frames are all the sampled frames in
+        order, to keep the overhead at one token a frame) and its visual tokens; then
+        ``<|video_end|>``.
+        """
         before, after = self.config.prompt_template.split("{video}")
         text_ids = self.tokenizer(before, add_special_tokens=True)["input_ids"]
         pieces: list[torch.Tensor | list[int]] = [[*text_ids, self.marker_ids["start"]]]
         visual = self.projector(
             torch.cat([s.tokens for s in reduction.segments]).to(self.projector[0].weight.dtype)
         )
-        offset = 0
+        offset, path = 0, None
         for segment in reduction.segments:
-            stamp = self.tokenizer(f"{timestamps[segment.frame]:.1f}s", add_special_tokens=False)["input_ids"]
-            pieces.append([self.marker_ids[segment.path], *stamp])
+            ids = [] if segment.path == path else [self.marker_ids[segment.path]]
+            path = segment.path
+            ids.append(self.marker_ids["frame"])
+            if path != "fast":
+                ids += self.tokenizer(f"{timestamps[segment.frame]:.1f}s", add_special_tokens=False)[
+                    "input_ids"
+                ]
+            pieces.append(ids)
             n = segment.tokens.shape[0]
             pieces.append(visual[offset : offset + n])
             offset += n

@@ -124,9 +124,17 @@ def tiny_lm(vocab_size: int, kind: str = "llama", *, tokenizer=None, **overrides
 
 
 def tiny_video_llm(
-    lm_kind: str = "llama", *, seed: int = 0, num_frames: int = 8, reducer: dict[str, Any] | None = None
+    lm_kind: str = "llama",
+    *,
+    seed: int = 0,
+    num_frames: int = 8,
+    reducer: dict[str, Any] | None = None,
+    lm_overrides: dict[str, Any] | None = None,
 ):
-    """A tiny :class:`vidllm.model.VideoLLM` (random weights, deterministic per ``seed``)."""
+    """A tiny :class:`vidllm.model.VideoLLM` (random weights, deterministic per ``seed``).
+
+    ``lm_overrides`` changes the LM's config (e.g. a larger ``hidden_size`` for benchmarks).
+    """
     from vidllm.model import VideoLLM, VideoLLMConfig
     from vidllm.scorers import OpenCLIPScorer
     from vidllm.towers import BackboneTower
@@ -139,7 +147,7 @@ def tiny_video_llm(
     )
     scorer = OpenCLIPScorer(model_cfg=TINY_OPEN_CLIP_CFG)
     tokenizer = word_tokenizer()
-    lm = tiny_lm(len(tokenizer), lm_kind, tokenizer=tokenizer)
+    lm = tiny_lm(len(tokenizer), lm_kind, tokenizer=tokenizer, **(lm_overrides or {}))
     reducer = reducer or {"num_frames": num_frames, "slow_frames": 2, "middle_frames": 2, "fast_grid": [2, 2]}
     config = VideoLLMConfig(tower=tower.to_spec(), scorer=scorer.to_spec(), reducer=reducer, max_new_tokens=4)
     return VideoLLM(config, tower, lm, tokenizer, scorer).eval()
