@@ -235,3 +235,16 @@ def test_macs_match_the_paper(name):
         model(torch.randn(1, 3, 224, 224))
     macs = counter.get_total_flops() / 2e9
     assert abs(macs - PAPER_MACS[name]) / PAPER_MACS[name] < 0.03, macs
+
+
+def test_pretrained_loads_an_official_layout_file(tmp_path):
+    torch.manual_seed(4)
+    source = eb.create_model("tnt_s_patch16_224", img_size=64, **TINY).eval()
+    path = tmp_path / "tnt.pth.tar"
+    torch.save({"state_dict_ema": _official_like(source)}, path)
+    model = eb.create_model(
+        "tnt_s_patch16_224", pretrained=True, pretrained_cfg_overlay={"file": str(path)}, img_size=64, **TINY
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)

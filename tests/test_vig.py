@@ -389,3 +389,21 @@ def _macs(model: torch.nn.Module, size: int = 224) -> float:
 def test_macs_match_the_paper(name):
     macs = _macs(eb.create_model(name))
     assert abs(macs - PAPER_MACS[name]) / PAPER_MACS[name] < 0.03, macs
+
+
+def test_pretrained_loads_an_official_layout_file(tmp_path):
+    """``pretrained=True`` with a local official-layout ``.pth`` (wrapped as the release is) loads strictly."""
+    source = _calibrate(eb.create_model("pvig_ti_224", **TINY_PYR))
+    path = tmp_path / "pvig_ti_224.pth"
+    torch.save({"epoch": 1, "state_dict": _official_like(source)}, path)
+    model = eb.create_model(
+        "pvig_ti_224", pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **TINY_PYR
+    )
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), source(x), rtol=0, atol=0)
+
+
+def test_pretrained_without_weights_fails_clearly():
+    with pytest.raises(RuntimeError, match="no weights are known"):
+        eb.create_model("vig_ti_224", pretrained=True, **TINY_ISO)
