@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidllm.lm import FFN_TYPES
 from vidllm.model import VideoLLM
 from vidllm.reducer import ReducerConfig, plan
 from vidllm.testing.tiny import tiny_video_llm
@@ -63,7 +64,10 @@ def test_answer_reports_frames_boxes_and_relevance(model, frames):
     assert {"decode", "encode", "score", "reduce", "generate", "total"} <= set(answer.timings)
 
 
-def test_save_and_load_round_trip(model, frames, tmp_path):
+@pytest.mark.parametrize("lm_kind", ["llama", *FFN_TYPES])
+def test_save_and_load_round_trip(lm_kind, frames, tmp_path):
+    """Any causal LM works, the project's VidLM of every FFN type included (loaded by Auto class)."""
+    model = tiny_video_llm(lm_kind, seed=2)
     model.save_pretrained(tmp_path / "m")
     loaded = VideoLLM.from_pretrained(tmp_path / "m")
     a, b = model.prepare(frames, QUESTION), loaded.prepare(frames, QUESTION)
