@@ -176,6 +176,7 @@ class ViGHead(nn.Module):
 class _ViGBase(PatchTokensMixin, nn.Module):
     """What both ViG layouts share: position embedding, head, init and the timm interface."""
 
+    trunk_name: str
     pos_embed: nn.Parameter
     head: ViGHead
     num_classes: int
@@ -220,6 +221,53 @@ class _ViGBase(PatchTokensMixin, nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes)
 
+    def _trunk(self) -> nn.Sequential:
+        """The modules features are taken after: isotropic blocks, or pyramid stages."""
+        return getattr(self, self.trunk_name)
+
+    def _trunk_step(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._add_pos_embed(self.stem(x))
+        for module in self._trunk():
+            x = self._trunk_step(module, x)
+        return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Outputs of the trunk modules in ``indices`` as ``(B, C, h, w)`` maps (timm's contract).
+
+        ViG has no final norm, so ``norm`` changes nothing.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("ViG features are NCHW maps")
+        trunk = self._trunk()
+        take_indices, max_index = feature_take_indices(len(trunk), indices)
+        x = self._add_pos_embed(self.stem(x))
+        intermediates = []
+        for i, module in enumerate(trunk[: max_index + 1] if stop_early else trunk):
+            x = self._trunk_step(module, x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self._trunk()), indices)
+        setattr(self, self.trunk_name, self._trunk()[: max_index + 1])
+        if prune_head:
+            self.reset_classifier(0)
+        return take_indices
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
@@ -237,6 +285,8 @@ class VisionGNN(_ViGBase):
             to ``max_knn`` (default ``2 * num_knn``) at the last.
         head_hidden_size: width of the head's 1x1 conv (1024).
     """
+
+    trunk_name = "blocks"
 
     def __init__(
         self,
@@ -287,42 +337,8 @@ class VisionGNN(_ViGBase):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {"stem": r"^stem|pos_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^head", (99999,))]}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._add_pos_embed(self.stem(x))
-        for block in self.blocks:
-            x = self._run(block, x)
-        return x
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs in ``indices`` as ``(B, C, h, w)`` maps (timm's contract; ViG has no final norm)."""
-        if output_fmt != "NCHW":
-            raise ValueError("ViG features are NCHW maps")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self._add_pos_embed(self.stem(x))
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        intermediates = []
-        for i, block in enumerate(blocks):
-            x = self._run(block, x)
-            if i in take_indices:
-                intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_head:
-            self.reset_classifier(0)
-        return take_indices
+    def _trunk_step(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self._run(block, x)
 
 
 class PyramidStage(nn.Module):
@@ -394,6 +410,8 @@ class PyramidVisionGNN(_ViGBase):
         embed_dims, depths: per-stage channels and blocks. num_knn: ``k`` of every block.
         reduce_ratios: key pooling per stage. relative_pos: add the relative position term.
     """
+
+    trunk_name = "stages"
 
     def __init__(
         self,
@@ -472,39 +490,8 @@ class PyramidVisionGNN(_ViGBase):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self._add_pos_embed(self.stem(x)))
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs in ``indices`` (strides 4, 8, 16, 32), timm's contract."""
-        if output_fmt != "NCHW":
-            raise ValueError("ViG features are NCHW maps")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self._add_pos_embed(self.stem(x))
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        return intermediates if intermediates_only else (x, intermediates)
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_head:
-            self.reset_classifier(0)
-        return take_indices
+    def _trunk_step(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return stage(x)  # the stage handles its blocks' checkpointing
 
 
 # Official module names inside one ViG block -> ours (after the block prefix is mapped).
