@@ -15,6 +15,7 @@ per-token decisions for inspection and tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,20 +79,41 @@ def switch_load_balancing_loss(
     return num_experts * torch.sum(fraction * mean_prob)
 
 
-def group_by_expert(expert_index: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, list[int]]:
-    """Order (token, slot) assignments by expert, so each expert runs one matmul on a contiguous block.
+def dispatch_by_expert(
+    inputs: torch.Tensor,
+    expert_index: torch.Tensor,
+    weights: torch.Tensor,
+    num_experts: int,
+    out_features: int,
+    expert_fn: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``out[n] = sum_j weights[n, j] * expert_fn(expert_index[n, j], inputs[n])``, computing each
+    expert once on the block of tokens routed to it.
+
+    The ``(token, slot)`` assignments are sorted by expert (one sort and one host sync for the
+    counts), so every expert runs one matmul on a contiguous block and only chosen experts run.
 
     Args:
-        expert_index: ``(N, k)`` expert of each token's k slots.
-
-    Returns:
-        ``order`` (indices into the flattened ``(N * k)`` assignments, grouped by expert) and the
-        number of assignments per expert (a host list: one device sync per call).
+        inputs: ``(N, D)`` token features.
+        expert_index: ``(N, k)`` experts of each token's k slots.
+        weights: ``(N, k)`` gate values.
+        expert_fn: ``(expert, block (M, D)) -> (M, out_features)``.
     """
-    flat = expert_index.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=num_experts).tolist()
-    return order, counts
+    tokens, top_k = expert_index.shape
+    out = inputs.new_zeros(tokens, out_features)
+    if tokens == 0:
+        return out
+    order = torch.argsort(expert_index.reshape(-1), stable=True)
+    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).tolist()
+    token_of = order // top_k
+    grouped = inputs[token_of]
+    outputs, start = [], 0
+    for expert, count in enumerate(counts):
+        if count:
+            outputs.append(expert_fn(expert, grouped[start : start + count]))
+            start += count
+    weighted = torch.cat(outputs) * weights.reshape(-1)[order].unsqueeze(-1).to(inputs.dtype)
+    return out.index_add(0, token_of, weighted)
 
 
 def _lora_parts(layer: nn.Module) -> tuple[nn.Linear, list[tuple[nn.Module, nn.Module, nn.Module, float]]]:
@@ -148,7 +170,7 @@ def linear_in_slice(layer: nn.Module, x: torch.Tensor, start: int, stop: int) ->
 
 __all__ = [
     "FFNRouting",
-    "group_by_expert",
+    "dispatch_by_expert",
     "linear_in_slice",
     "linear_out_slice",
     "switch_load_balancing_loss",

@@ -33,7 +33,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from vidllm.lm.configuration_vidlm import VidLMConfig
-from vidllm.lm.ffn.common import FFNRouting, group_by_expert, switch_load_balancing_loss
+from vidllm.lm.ffn.common import FFNRouting, dispatch_by_expert, switch_load_balancing_loss
 
 
 class ParameterNetDownProj(nn.Module):
@@ -54,22 +54,15 @@ class ParameterNetDownProj(nn.Module):
         self, hidden: torch.Tensor, expert_index: torch.Tensor, expert_weight: torch.Tensor
     ) -> torch.Tensor:
         """``hidden (N, I)``, ``expert_index``/``expert_weight (N, k)`` -> ``sum_j w_j W[e_j] h``, ``(N, H)``."""
-        tokens, top_k = expert_index.shape
-        out = hidden.new_zeros(tokens, self.out_features)
-        if tokens == 0:
-            return out
-        weight = self.weight
-        order, counts = group_by_expert(expert_index, self.num_experts)
-        token_of = order // top_k
-        grouped = hidden[token_of]
-        outputs = []
-        start = 0
-        for expert, count in enumerate(counts):
-            if count:
-                outputs.append(F.linear(grouped[start : start + count], weight[expert]))
-                start += count
-        weighted = torch.cat(outputs) * expert_weight.reshape(-1)[order].unsqueeze(-1).to(hidden.dtype)
-        return out.index_add(0, token_of, weighted)
+        weight = self.weight  # read once: under a PEFT parametrization this is the adapted bank
+        return dispatch_by_expert(
+            hidden,
+            expert_index,
+            expert_weight,
+            self.num_experts,
+            self.out_features,
+            lambda expert, block: F.linear(block, weight[expert]),
+        )
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}"

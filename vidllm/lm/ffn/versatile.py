@@ -66,7 +66,7 @@ from torch import nn
 from vidllm.lm.configuration_vidlm import VidLMConfig
 from vidllm.lm.ffn.common import (
     FFNRouting,
-    group_by_expert,
+    dispatch_by_expert,
     linear_in_slice,
     linear_out_slice,
     switch_load_balancing_loss,
@@ -166,26 +166,17 @@ class VersatileFFN(DenseFFN):
         return delta, routing
 
     def _width(self, normed: torch.Tensor, expert_index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_j w_j FFN_j(normed)`` over each token's selected slices, one matmul per expert."""
-        tokens, top_k = expert_index.shape
-        if tokens == 0:
-            return normed.new_zeros(0, self.hidden_size)
-        order, counts = group_by_expert(expert_index, self.num_width_experts)
-        token_of = order // top_k
-        grouped = normed[token_of]
-        outputs = []
-        start = 0
-        for expert, count in enumerate(counts):
-            if count == 0:
-                continue
-            block = grouped[start : start + count]
+        """``sum_j w_j FFN_j(normed)`` over each token's selected slices, one matmul per slice."""
+
+        def virtual_expert(expert: int, block: torch.Tensor) -> torch.Tensor:
             lo, hi = expert * self.slice_size, (expert + 1) * self.slice_size
             gate = linear_out_slice(self.gate_proj, block, lo, hi)
             up = linear_out_slice(self.up_proj, block, lo, hi)
-            outputs.append(linear_in_slice(self.down_proj, self.act_fn(gate) * up, lo, hi))
-            start += count
-        weighted = torch.cat(outputs) * weights.reshape(-1)[order].unsqueeze(-1)
-        return normed.new_zeros(tokens, self.hidden_size).index_add(0, token_of, weighted)
+            return linear_in_slice(self.down_proj, self.act_fn(gate) * up, lo, hi)
+
+        return dispatch_by_expert(
+            normed, expert_index, weights, self.num_width_experts, self.hidden_size, virtual_expert
+        )
 
     def _width_where(
         self, active: torch.Tensor, normed: torch.Tensor, expert_index: torch.Tensor, weights: torch.Tensor
