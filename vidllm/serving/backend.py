@@ -377,13 +377,23 @@ class VLLMVideoLLM:
 
 
 def load_vllm(
-    path: str | Path, device: str | torch.device | None = None, **engine_kwargs: Any
+    path: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    engine_in_process: bool | None = None,
+    **engine_kwargs: Any,
 ) -> VLLMVideoLLM:
     """Load a saved :class:`~vidllm.model.VideoLLM` directory with vLLM running its language model.
 
     Args:
         path: a directory written by ``VideoLLM.save_pretrained`` (the LM is its ``lm/`` folder).
         device: where the vision side runs (``"cpu"``, ``"cuda"``); vLLM picks its own platform.
+        engine_in_process: run vLLM's engine core in this process (``True``) or in its own process
+            (``False``); ``None`` keeps vLLM's default (its own process, unless
+            ``VLLM_ENABLE_V1_MULTIPROCESSING=0``). In-process starts several times faster on a small
+            CPU machine; a separate process overlaps the LM with this process's vision work. vLLM
+            reads the setting from that environment variable, which this sets, and fixes it at the
+            first engine start of the process.
         **engine_kwargs: ``vllm.EngineArgs`` fields, over :func:`default_engine_args` (e.g.
             ``dtype="bfloat16"``, ``kv_cache_memory_bytes=2 << 30``, ``max_num_seqs=64``,
             ``tensor_parallel_size=2``).
@@ -399,6 +409,8 @@ def load_vllm(
     from vidllm.model import LM_DIR
     from vidllm.serving.plugin import register
 
+    if engine_in_process is not None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if engine_in_process else "1"
     register()  # the entry point does this in vLLM's processes; here it costs nothing to be sure
     path = Path(path)
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
