@@ -216,12 +216,22 @@ def test_gradients_reach_routers_in_training(ffn_type):
 
 
 def test_gumbel_temperature_follows_the_training_step():
+    from transformers import TrainerControl, TrainerState
+
+    from vidllm.lm import GumbelTemperatureCallback
+
     model = VidLMForCausalLM(vidlm_config("vidlm-tiny", ffn_type="versatile"))
     assert model.set_training_step(0) == 5.0
     mid = model.set_training_step(10_000)
     assert 0.1 < mid < 5.0
     assert model.model.layers[1].mlp.gumbel_temperature == mid
     assert model.set_training_step(1_000_000) == 0.1
+    # the Trainer callback reaches the layers through a wrapper too
+    wrapper = torch.nn.Sequential(model)
+    GumbelTemperatureCallback().on_step_begin(
+        None, TrainerState(global_step=10_000), TrainerControl(), model=wrapper
+    )
+    assert all(layer.mlp.gumbel_temperature == mid for layer in model.model.layers)
 
 
 @pytest.mark.parametrize(

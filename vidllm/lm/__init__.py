@@ -8,6 +8,7 @@ Importing this package registers the ``"vidlm"`` model type with ``AutoConfig``,
 - ``upcycle``: a dense Llama or Qwen2 checkpoint turned into VidLM, every weight copied.
 - ``dense_routing``: a context manager forcing every router to the dense FFN.
 - ``lora_config`` / ``apply_lora`` / ``merge_and_save``: PEFT LoRA with trainable routers.
+- ``GumbelTemperatureCallback``: the Gumbel temperature schedule for the transformers ``Trainer``.
 - ``vidlm_config``: named configurations (``VIDLM_CONFIGS``), tiny ones included for tests.
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "VIDLM_CONFIGS",
     "VLLM_CPU_HEAD_SIZES",
     "FFNRouting",
+    "GumbelTemperatureCallback",
     "VidLMCausalLMOutputWithPast",
     "VidLMConfig",
     "VidLMForCausalLM",
@@ -43,3 +45,12 @@ __all__ = [
     "upcycle",
     "vidlm_config",
 ]
+
+
+def __getattr__(name: str):
+    # transformers' Trainer machinery (and with it peft) takes ~2 s to import: only on demand.
+    if name == "GumbelTemperatureCallback":
+        from vidllm.lm.training import GumbelTemperatureCallback
+
+        return GumbelTemperatureCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

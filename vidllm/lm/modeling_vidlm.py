@@ -44,7 +44,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from vidllm.lm.configuration_vidlm import VidLMConfig
-from vidllm.lm.ffn import FFN_CLASSES, FFNRouting, ParameterNetDownProj, VersatileFFN
+from vidllm.lm.ffn import FFN_CLASSES, FFNRouting, ParameterNetDownProj, set_gumbel_temperature
 
 
 class VidLMRMSNorm(nn.Module):
@@ -394,13 +394,11 @@ class VidLMForCausalLM(VidLMPreTrainedModel, GenerationMixin):
     def set_training_step(self, step: int) -> float:
         """Anneal every VersatileFFN's Gumbel temperature to the value of ``step``; returns it.
 
-        Call it once per optimiser step (the temperature only matters in training).
+        Call it once per optimiser step (the temperature only matters in training); with the
+        transformers ``Trainer``, ``vidllm.lm.GumbelTemperatureCallback`` does it.
         """
-        temperature = self.config.gumbel_temperature_at(step)
-        for module in self.modules():
-            if isinstance(module, VersatileFFN):
-                module.gumbel_temperature = temperature
-        return temperature
+        set_gumbel_temperature(self, step)
+        return self.config.gumbel_temperature_at(step)
 
     @can_return_tuple
     def forward(

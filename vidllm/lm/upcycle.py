@@ -18,6 +18,7 @@ dense FFN, so the upcycled model's logits equal the source's; training then move
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -127,7 +128,7 @@ def upcycle(
                 layer.mlp.depth_router.weight.zero_()
     if config.tie_word_embeddings:
         model.tie_weights()
-    model.generation_config = source.generation_config
+    model.generation_config = copy.deepcopy(source.generation_config)
     logger.info(
         "upcycled %s (%d layers) to VidLM: %s layers %s; new router tensors %d",
         source.config.model_type,

@@ -12,7 +12,7 @@ from vidllm.lm.configuration_vidlm import FFN_TYPES
 from vidllm.lm.ffn.common import FFNRouting, switch_load_balancing_loss
 from vidllm.lm.ffn.dense import DenseFFN
 from vidllm.lm.ffn.parameternet import ParameterNetDownProj, ParameterNetFFN
-from vidllm.lm.ffn.versatile import VersatileFFN
+from vidllm.lm.ffn.versatile import VersatileFFN, set_gumbel_temperature
 
 FFN_CLASSES: dict[str, type[nn.Module]] = {
     "dense": DenseFFN,
@@ -29,5 +29,6 @@ __all__ = [
     "ParameterNetDownProj",
     "ParameterNetFFN",
     "VersatileFFN",
+    "set_gumbel_temperature",
     "switch_load_balancing_loss",
 ]

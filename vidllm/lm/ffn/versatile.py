@@ -222,4 +222,17 @@ class VersatileFFN(DenseFFN):
         return torch.empty_like(delta_sorted).index_copy(0, order, delta_sorted)
 
 
-__all__ = ["VersatileFFN"]
+def set_gumbel_temperature(model: nn.Module, step: int) -> float | None:
+    """Anneal every ``VersatileFFN`` inside ``model`` (plain, PEFT-wrapped, ...) to training ``step``.
+
+    Returns the temperature set, or ``None`` when ``model`` holds no VersatileFFN.
+    """
+    temperature = None
+    for module in model.modules():
+        if isinstance(module, VersatileFFN):
+            temperature = module.config.gumbel_temperature_at(step)
+            module.gumbel_temperature = temperature
+    return temperature
+
+
+__all__ = ["VersatileFFN", "set_gumbel_temperature"]
