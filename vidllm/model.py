@@ -379,7 +379,27 @@ class VideoLLM(nn.Module):
             "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos,
         }
 
-    @torch.inference_mode()
+    def _generate(
+        self, prepared: Sequence[PreparedInput], max_new_tokens: int | None, streamer=None
+    ) -> torch.Tensor:
+        """Greedy generation from one or more prepared inputs (left padded into one batch)."""
+        length = max(p.embeds.shape[0] for p in prepared)
+        hidden = prepared[0].embeds.shape[1]
+        embeds = torch.zeros(
+            len(prepared), length, hidden, dtype=prepared[0].embeds.dtype, device=self.device
+        )
+        mask = torch.zeros(len(prepared), length, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prepared):
+            n = p.embeds.shape[0]
+            embeds[i, length - n :] = p.embeds
+            mask[i, length - n :] = 1
+        return self.lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            streamer=streamer,
+            **self._generation_kwargs(max_new_tokens),
+        )
+
     def answer(
         self,
         video: Any,
@@ -391,18 +411,15 @@ class VideoLLM(nn.Module):
         num_frames: int | None = None,
     ) -> Answer:
         """Answer a question about a video (a path, bytes, a file object, a decoded ``Video`` or frames)."""
-        start = time.perf_counter()
-        prepared = self.prepare(video, question, budget=budget, reducer=reducer, num_frames=num_frames)
-        timings: dict[str, float] = {}
-        with _Timer(timings, "generate"):
-            output = self.lm.generate(
-                inputs_embeds=prepared.embeds[None],
-                attention_mask=torch.ones(1, prepared.embeds.shape[0], dtype=torch.long, device=self.device),
-                **self._generation_kwargs(max_new_tokens),
-            )
-        text = self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
-        timings["total"] = time.perf_counter() - start
-        return self._answer_from(prepared, text, timings)
+        (answer,) = self.answer_batch(
+            [video],
+            [question],
+            budget=budget,
+            reducer=reducer,
+            max_new_tokens=max_new_tokens,
+            num_frames=num_frames,
+        )
+        return answer
 
     def stream(
         self,
@@ -437,14 +454,7 @@ class VideoLLM(nn.Module):
         def generate() -> None:
             try:
                 with torch.inference_mode():
-                    self.lm.generate(
-                        inputs_embeds=prepared.embeds[None],
-                        attention_mask=torch.ones(
-                            1, prepared.embeds.shape[0], dtype=torch.long, device=self.device
-                        ),
-                        streamer=streamer,
-                        **self._generation_kwargs(max_new_tokens),
-                    )
+                    self._generate([prepared], max_new_tokens, streamer)
             except BaseException as exc:  # surfaced in the caller's thread below
                 errors.append(exc)
                 streamer.end()
@@ -491,21 +501,9 @@ class VideoLLM(nn.Module):
             self.prepare(v, q, budget=budget, reducer=reducer, num_frames=num_frames)
             for v, q in zip(videos, questions, strict=True)
         ]
-        length = max(p.embeds.shape[0] for p in prepared)
-        hidden = prepared[0].embeds.shape[1]
-        embeds = torch.zeros(
-            len(prepared), length, hidden, dtype=prepared[0].embeds.dtype, device=self.device
-        )
-        mask = torch.zeros(len(prepared), length, dtype=torch.long, device=self.device)
-        for i, p in enumerate(prepared):
-            n = p.embeds.shape[0]
-            embeds[i, length - n :] = p.embeds
-            mask[i, length - n :] = 1
         timings: dict[str, float] = {}
         with _Timer(timings, "generate"):
-            output = self.lm.generate(
-                inputs_embeds=embeds, attention_mask=mask, **self._generation_kwargs(max_new_tokens)
-            )
+            output = self._generate(prepared, max_new_tokens)
         texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
         timings["total"] = time.perf_counter() - start
         return [self._answer_from(p, t.strip(), timings) for p, t in zip(prepared, texts, strict=True)]
