@@ -26,7 +26,7 @@ from torch import nn
 from efficient_backbones._builder import build_model_with_cfg, default_cfg
 from efficient_backbones._features import PatchTokensMixin
 from efficient_backbones._registry import register_model
-from efficient_backbones.layers.ghost import ConvBnAct, GhostBottleneck, make_conv_layer
+from efficient_backbones.layers.ghost import ConvBnAct, GhostBottleneck, conv_norm, make_conv_layer
 
 __all__ = ["GHOSTNET_BLOCKS", "GhostNet", "checkpoint_filter_fn", "clean_state_dict"]
 
@@ -195,7 +195,7 @@ class GhostNet(PatchTokensMixin, nn.Module):
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv_stem(x)))
+        x = self.act1(conv_norm(x, self.conv_stem, self.bn1))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x, flatten=True)
         return self.blocks(x)

@@ -28,6 +28,7 @@ from timm.layers import DropPath, make_divisible
 from timm.models._efficientnet_blocks import SqueezeExcite
 from torch import nn
 
+from efficient_backbones.layers.conv_bn import conv_bn
 from efficient_backbones.layers.dynamic_conv import DynamicConv
 
 ConvLayer = Callable[..., nn.Module]
@@ -39,6 +40,22 @@ def make_conv_layer(num_experts: int = 0) -> ConvLayer:
     Both are called as ``conv(in, out, kernel_size, stride, padding, groups=..., bias=...)``.
     """
     return partial(DynamicConv, num_experts=num_experts) if num_experts > 0 else nn.Conv2d
+
+
+def conv_norm(x: torch.Tensor, conv: nn.Module, bn: nn.Module) -> torch.Tensor:
+    """``bn(conv(x))``; one BN-folded convolution in eval mode where ``conv`` is a plain ``nn.Conv2d``.
+
+    Folding (``layers/conv_bn.py``) saves a pass over every activation map on CPU; outputs agree
+    with the unfolded pair to float rounding. Training mode runs the pair as it is.
+    """
+    if type(conv) is nn.Conv2d:
+        return conv_bn(x, conv, bn)
+    return bn(conv(x))
+
+
+def conv_norm_act(x: torch.Tensor, layers: nn.Sequential) -> torch.Tensor:
+    """A ``Sequential(conv, bn, act)`` applied through :func:`conv_norm`."""
+    return layers[2](conv_norm(x, layers[0], layers[1]))
 
 
 def _act(act_layer: type[nn.Module] | None) -> nn.Module:
@@ -67,6 +84,9 @@ class ConvBnAct(nn.Sequential):
         self.conv = conv_layer(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(out_chs)
         self.act1 = _act(act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(conv_norm(x, self.conv, self.bn1))
 
 
 class DFCAttention(nn.Sequential):
@@ -99,8 +119,13 @@ class DFCAttention(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A map narrower than 2 (inputs under 64 px) has no full 2x2 window; the official code
         # fails there, ceil_mode pools the partial window. Elsewhere both are the same pooling.
-        tiny = x.shape[-2] < 2 or x.shape[-1] < 2
-        return super().forward(F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=tiny)).sigmoid_()
+        if x.shape[-2] < 2 or x.shape[-1] < 2:
+            pooled = F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+        else:
+            pooled = F.avg_pool2d(x, kernel_size=2, stride=2)
+        x = conv_norm(pooled, self[0], self[1])
+        x = conv_norm(x, self[2], self[3])
+        return conv_norm(x, self[4], self[5]).sigmoid_()
 
 
 def apply_gate_upsampled(out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -166,8 +191,8 @@ class GhostModule(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.primary_conv(x)
-        x2 = self.cheap_operation(x1)
+        x1 = conv_norm_act(x, self.primary_conv)
+        x2 = conv_norm_act(x1, self.cheap_operation)
         out = torch.cat([x1, x2], dim=1)
         if self.needs_trim:
             out = out[:, : self.out_chs]
@@ -246,10 +271,14 @@ class GhostBottleneck(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut(x)
+        if len(self.shortcut):
+            sc = self.shortcut
+            shortcut = conv_norm(conv_norm(x, sc[0], sc[1]), sc[2], sc[3])
+        else:
+            shortcut = x
         x = self.ghost1(x)
         if self.conv_dw is not None:
-            x = self.bn_dw(self.conv_dw(x))
+            x = conv_norm(x, self.conv_dw, self.bn_dw)
         if self.se is not None:
             x = self.se(x)
         x = self.drop_path(self.ghost2(x))
