@@ -91,6 +91,7 @@ def test_config_per_layer_ffn_types_and_json_round_trip(tmp_path):
         {"parameternet_top_k": 0},
         {"aux_loss_weight": -1.0},
         {"hidden_act": "nope"},
+        {"fusion_expectation": "hard"},
     ],
 )
 def test_config_rejects_inconsistent_values(overrides):

@@ -209,6 +209,10 @@ class VidLMConfig(PreTrainedConfig):
                 "Gumbel temperatures need 0 < end <= start, got "
                 f"start={self.gumbel_temperature_start}, end={self.gumbel_temperature_end}"
             )
+        if self.fusion_expectation not in ("sample", "soft"):
+            raise ValueError(
+                f"fusion_expectation must be 'sample' or 'soft', got {self.fusion_expectation!r}"
+            )
         if not 0 < self.gumbel_temperature_decay <= 1:
             raise ValueError(
                 f"gumbel_temperature_decay must be in (0, 1], got {self.gumbel_temperature_decay}"
