@@ -2,7 +2,7 @@
 
     python -m eval video-qa --model default --task synthetic-mc --data-root DIR --output-dir OUT
     python -m eval video-qa ... --budgets 64,128,256        # both reducers at each budget + plot
-    accelerate launch --num_processes 2 -m eval video-qa ...  # shards samples, one merged result
+    accelerate launch --multi_gpu --num_processes 2 -m eval video-qa ...  # shards samples, one result
     python -m eval tasks [--include-path DIR]               # the tasks and their files
     python -m eval image-cls --model ghostnet_100 --data digits --input-size 32 --train-epochs 10
     python -m eval image-cls-suite                          # the digits fine-tuning table
@@ -66,6 +66,7 @@ def _add_image_cls(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="stop training after N steps")
     parser.add_argument("--save", default=None, help="write the fine-tuned weights here (safetensors)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -78,6 +79,7 @@ def _add_suite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=None, help="one size for all (default: per model)")
     parser.add_argument("--train-epochs", type=int, default=None, help="default: per model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--output", default=None, help="also write the table as markdown here")
 
 
@@ -210,6 +212,8 @@ def run_image_cls_command(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 max_steps=args.max_steps,
                 save=args.save,
+                threads=args.threads,
+                progress=not args.json,
             )
         )
     except (ValueError, FileNotFoundError, ImportError) as exc:
@@ -227,6 +231,7 @@ def run_suite_command(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         train_epochs=args.train_epochs,
         seed=args.seed,
+        threads=args.threads,
         progress=True,
     )
     table = format_table(results)

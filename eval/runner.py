@@ -14,8 +14,10 @@ already complete in *any* shard (a resumed run may use another number of process
 reads all shards, keeps the first complete line per id and recomputes the rule-based scores from
 the predictions, so a resumed run reports exactly the metrics of an uninterrupted one.
 
-Under ``accelerate launch -m eval ...`` the process index and count come from accelerate's
-``PartialState``; the main process merges after a barrier. A run whose merge was interrupted is
+Under ``accelerate launch --num_processes N -m eval ...`` (add ``--multi_gpu``: on a machine
+without GPUs it still starts N CPU processes through torchrun, and they join a gloo group; plain
+``torchrun --nproc_per_node N -m eval`` works too) the process index and count come from
+accelerate's ``PartialState``; the main process merges after a barrier. A run whose merge was interrupted is
 merged by the next start with the same directory (there is then nothing left to answer).
 """
 
@@ -125,13 +127,13 @@ def process_info() -> ProcessInfo:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if not launched:
         return ProcessInfo()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # without CUDA, accelerate only forms a process group (gloo) when asked for the CPU
+    state = PartialState(cpu=not torch.cuda.is_available())
     device = str(state.device)
-    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
+    if state.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
     return ProcessInfo(state.process_index, state.num_processes, device, state.wait_for_everyone)
 

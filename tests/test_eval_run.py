@@ -411,11 +411,12 @@ def test_cli_reports_bad_requests(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_accelerate_processes_give_the_single_process_metrics(reference, tmp_path):
-    """``accelerate launch --num_processes 2 -m eval``: two shard files, one merged result."""
+    """``accelerate launch --multi_gpu --num_processes 2 -m eval`` (two CPU processes in a gloo group
+    here: accelerate's ``--cpu`` starts a single process): two shard files, one merged result."""
     config, results, samples = reference
     out = tmp_path / "two"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "eval",
         "video-qa", "--model", config.model, "--task", config.task, "--data-root", config.data_root,
         "--output-dir", str(out), "--no-progress",
