@@ -341,6 +341,10 @@ class VLLMVideoLLM:
             pass
         return token_ids
 
+    def stream_ids(self, embeds: torch.Tensor, max_new_tokens: int | None = None) -> Iterator[list[int]]:
+        """The ids generated so far, after each engine step that produced one (token-level streaming)."""
+        yield from self._outputs(*self._submit(embeds, max_new_tokens))
+
     def generate_ids(self, embeds: torch.Tensor, max_new_tokens: int | None = None) -> list[int]:
         """Greedy token ids generated from one ``(L, H)`` embedding prompt."""
         return self._collect(*self._submit(embeds, max_new_tokens))

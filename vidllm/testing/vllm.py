@@ -36,11 +36,21 @@ QUESTIONS = (
 
 
 def tiny_vidlm_videollm(
-    directory: str | Path, ffn: str | list[str], *, seed: int = 0, **lm_overrides: Any
+    directory: str | Path,
+    ffn: str | list[str],
+    *,
+    seed: int = 0,
+    router_std: float = 0.5,
+    reducer: dict[str, Any] | None = None,
+    max_new_tokens: int | None = None,
+    **lm_overrides: Any,
 ) -> Path:
     """Save a tiny random VideoLLM whose LM is a VidLM with the given FFN layout; returns ``directory``.
 
-    Router weights are drawn wider than the default initialisation (std 0.5) so a random model
+    ``lm_overrides`` are ``VidLMConfig`` fields (a larger LM for benchmarks: ``hidden_size=1024``, ...);
+    ``reducer`` and ``max_new_tokens`` replace the tiny VideoLLM's own settings.
+
+    Router weights are drawn wider than the default initialisation (``router_std``) so a random model
     routes tokens to different slices, experts and loop counts, as a trained one does; with the
     default std 0.02 every router output is nearly uniform and the routed paths are barely exercised.
     """
@@ -52,28 +62,36 @@ def tiny_vidlm_videollm(
 
     base = tiny_video_llm("dense", seed=seed)  # tower, scorer and tokenizer (with the video markers)
     tokenizer = base.tokenizer
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": len(ffn) if isinstance(ffn, list) else 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "max_position_embeddings": 2048,
+        **lm_overrides,
+    }
     config = VidLMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=len(ffn) if isinstance(ffn, list) else 2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=2048,
+        **fields,
         ffn_type=ffn,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **lm_overrides,
     )
     torch.manual_seed(seed)
     lm = VidLMForCausalLM(config).eval()
     with torch.no_grad():
         for name, param in lm.named_parameters():
             if "router" in name:
-                param.normal_(0.0, 0.5)
-    model = VideoLLM(base.config, base.tower, lm, tokenizer, base.scorer).eval()
+                param.normal_(0.0, router_std)
+    config = base.config
+    if reducer is not None:
+        config.reducer = dict(reducer)
+    if max_new_tokens is not None:
+        config.max_new_tokens = max_new_tokens
+    model = VideoLLM(config, base.tower, lm, tokenizer, base.scorer).eval()
     model.save_pretrained(directory)
     return Path(directory)
 
