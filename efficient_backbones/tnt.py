@@ -149,7 +149,9 @@ class PixelEmbed(nn.Module):
             raise ValueError(f"input {H}x{W} is smaller than one {ph}x{pw} patch")
         x = x[:, :, : gh * ph, : gw * pw].reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
         x = self.proj(x.reshape(B * gh * gw, C, ph, pw)) + pixel_pos
-        return x.flatten(2).transpose(1, 2)
+        # Contiguous once here: residual adds keep their input's layout, so a transposed view would make
+        # every block's LayerNorms and word->patch reshape copy it again.
+        return x.flatten(2).transpose(1, 2).contiguous()
 
 
 class TNT(nn.Module):
