@@ -36,6 +36,7 @@ from efficient_backbones._builder import build_model_with_cfg, default_cfg
 from efficient_backbones._features import PatchTokensMixin
 from efficient_backbones._registry import register_model
 from efficient_backbones.ghostnet import clean_state_dict
+from efficient_backbones.layers.conv_bn import conv_bn
 
 __all__ = ["GGhostRegNet", "GGhostStage", "RegNetBottleneck", "checkpoint_filter_fn", "ghost_split"]
 
@@ -63,10 +64,11 @@ class RegNetBottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        # conv_bn: BatchNorm folded into the convolution in eval mode (layers/conv_bn.py).
+        shortcut = x if self.downsample is None else conv_bn(x, self.downsample[0], self.downsample[1])
+        out = self.relu(conv_bn(x, self.conv1, self.bn1))
+        out = self.relu(conv_bn(out, self.conv2, self.bn2))
+        out = conv_bn(out, self.conv3, self.bn3)
         return self.relu(out.add_(shortcut))
 
 
@@ -143,7 +145,7 @@ class GGhostStage(nn.Module):
             e = block(e)
             pooled.append(F.adaptive_avg_pool2d(e, 1))
         mix = self.merge(torch.cat(pooled, dim=1))
-        c = self.cheap_relu(self.cheap(x0[:, self.raw_planes :]).add_(mix))
+        c = self.cheap_relu(conv_bn(x0[:, self.raw_planes :], self.cheap[0], self.cheap[1]).add_(mix))
         return self.end(torch.cat((e, c), dim=1))
 
 
@@ -240,7 +242,7 @@ class GGhostRegNet(PatchTokensMixin, nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(conv_bn(x, self.conv1, self.bn1))
         for stage in self.stages:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(stage, x, use_reentrant=False)
