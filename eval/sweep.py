@@ -101,7 +101,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     """One line per run, and per budget the accuracy and token ratios free-video-llm / uniform."""
-    head = f"| reducer | budget | {metric} | 95% CI | visual tokens | of uniform | n | errors | p50 latency (s) |"
+    head = f"| reducer | budget | {metric} | 95% CI | visual tokens | of its frames at full resolution | n | errors | p50 latency (s) |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         if r["status"] != "ok":

@@ -132,6 +132,16 @@ def test_finished_run_restarts_to_the_same_result_and_refuses_other_settings(ref
             run_video_qa(other)
 
 
+def test_batched_generation_gives_the_same_answers(reference, model, tmp_path):
+    config, results, samples = reference
+    batched = VideoQAConfig(**{**config.__dict__, "output_dir": str(tmp_path / "batched"), "batch_size": 4})
+    again = run_video_qa(batched, model=model)
+    assert [s["prediction"] for s in read_records(tmp_path / "batched" / "samples.jsonl")] == [
+        s["prediction"] for s in samples
+    ]
+    assert strip_timing(again) == strip_timing(results)
+
+
 def test_every_failure_is_in_the_denominator(model_dir, model, tmp_path):
     """A missing video, an unreadable one, an empty question and an item without an answer are
     each recorded with their reason and scored wrong; the good item is answered."""
@@ -409,7 +419,6 @@ def test_cli_reports_bad_requests(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_two_accelerate_processes_give_the_single_process_metrics(reference, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2 -m eval`` (two CPU processes in a gloo group
     here: accelerate's ``--cpu`` starts a single process): two shard files, one merged result."""
