@@ -247,12 +247,21 @@ class VideoLLM(nn.Module):
         return question
 
     def resolve_reducer(
-        self, reducer: str, budget: int | None, num_frames: int | None = None
+        self,
+        reducer: str,
+        budget: int | None,
+        num_frames: int | None = None,
+        roi_ratio: float | None = None,
     ) -> ReducerConfig | UniformConfig:
-        """The reducer configuration a request asks for (name, optional token budget)."""
+        """The reducer configuration a request asks for (name, optional token budget).
+
+        ``num_frames`` and ``roi_ratio`` override the model's configuration for this request only
+        (the demo's advanced settings); ``roi_ratio`` has no effect on the uniform baseline.
+        """
         base = self.config.reducer_config()
-        if num_frames is not None:
-            base = ReducerConfig(**{**asdict(base), "num_frames": num_frames})
+        overrides = {k: v for k, v in (("num_frames", num_frames), ("roi_ratio", roi_ratio)) if v is not None}
+        if overrides:
+            base = ReducerConfig(**{**asdict(base), **overrides})
         if reducer == "free-video-llm":
             return base if budget is None else config_for_budget(budget, self.tower.grid, base=base)
         if reducer == "uniform":
@@ -269,10 +278,11 @@ class VideoLLM(nn.Module):
         budget: int | None = None,
         reducer: str = "free-video-llm",
         num_frames: int | None = None,
+        roi_ratio: float | None = None,
     ) -> PreparedInput:
         """Steps 1-6 of the pipeline: the LM input embeddings for one video and question."""
         question = self.validate_question(question)
-        config = self.resolve_reducer(reducer, budget, num_frames)
+        config = self.resolve_reducer(reducer, budget, num_frames, roi_ratio)
         timings: dict[str, float] = {}
         with _Timer(timings, "decode"):
             frames, indices, timestamps = _as_frames(video, config.num_frames, self.config.decode_max_side)
