@@ -12,6 +12,11 @@ at each concurrency (default 1, 8 and 32):
   and streaming ids from the shared engine, which batches whatever is in flight (continuous
   batching). Time to first token is when the first id reaches the client, from the request's start.
 
+The transformers side runs on ``--threads`` torch threads, by default as many as vLLM's CPU worker
+uses for the LM (all cores but one); on a machine loaded by other work, more OpenMP threads than
+free cores make torch several times slower (measured: a 2-thread forward 4-10x slower than a
+1-thread one at load 14 on 2 cores), which would flatter vLLM.
+
 Answers per second are requests over the wall time of the whole set. Both backends generate
 exactly ``--max-new-tokens`` tokens per request (random weights over a 50k vocabulary never hit
 EOS in practice; the vLLM rows report the tokens generated). The vLLM rows use the backend's
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import tempfile
 import threading
@@ -158,8 +164,16 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--large-layers", type=int, default=None, help="override the larger config's layers")
-    parser.add_argument("--no-variants", action="store_true", help="skip the bfloat16 and in-process rows")
+    parser.add_argument("--no-variants", action="store_true", help="skip the bfloat16 row")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="torch threads of this process (the transformers backend and the vision side); the default "
+        "matches vLLM's CPU worker, which runs the LM on all cores but one (kept for its engine loop)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     import vidllm
 
