@@ -21,7 +21,8 @@ Answers per second are requests over the wall time of the whole set. Both backen
 exactly ``--max-new-tokens`` tokens per request (random weights over a 50k vocabulary never hit
 EOS in practice; the vLLM rows report the tokens generated). The vLLM rows use the backend's
 defaults (float32, vLLM's engine in its own process); an extra row at the highest concurrency tries
-bfloat16. Where the time goes is printed for vLLM: the vision side
+bfloat16, and the time to first token of a long embedding prompt sent twice shows vLLM's prefix
+cache at work on prompt embeddings. Where the time goes is printed for vLLM: the vision side
 (``prepare``, in the client threads) against the LM (engine) per request.
 
     python benchmarks/serving.py [--requests 64] [--concurrency 1 8 32] [--configs small large]
@@ -150,6 +151,18 @@ def run_vllm(served, requests, concurrency: int, max_new_tokens: int) -> dict:
     }
 
 
+def prefix_cache_ttft(served, embeds: torch.Tensor, length: int = 1024) -> tuple[float, float]:
+    """TTFT of a long embedding prompt sent twice: vLLM hashes prompt embeddings per KV block, so the
+    repeat reuses the cached blocks (a repeated video + question, or a follow-up turn)."""
+    prompt = torch.cat([embeds] * (length // embeds.shape[0] + 1))[:length]
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        next(iter(served.stream_ids(prompt, 1)))
+        times.append(time.perf_counter() - start)
+    return times[0], times[1]
+
+
 def fmt_ttft(values: list[float]) -> str:
     ordered = sorted(values)
     return f"{statistics.median(ordered):6.2f} / {ordered[int(0.9 * (len(ordered) - 1))]:6.2f}"
@@ -203,6 +216,12 @@ def main() -> None:
                 served = vidllm.load(directory, backend="vllm", **kwargs)
                 try:
                     run_vllm(served, requests[:4], 4, 2)  # warm-up
+                    if label == "vllm fp32":
+                        embeds = served.prepare(*requests[0]).embeds
+                        cold, warm = prefix_cache_ttft(served, embeds)
+                        print(
+                            f"  prefix cache, 1024-embedding prompt: TTFT {cold:.3f} s, repeated {warm:.3f} s"
+                        )
                     levels = args.concurrency if label == "vllm fp32" else [max(args.concurrency)]
                     for c in levels:
                         v = run_vllm(served, requests, c, args.max_new_tokens)
