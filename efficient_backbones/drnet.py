@@ -329,6 +329,8 @@ class DRNetFeatures(nn.Module):
     def __init__(self, model: DRNet, out_indices: Sequence[int] = (0, 1, 2, 3, 4), **kwargs: Any) -> None:
         super().__init__()
         self.drnet = model
+        # Taps inside a stage (``blocks.0``) need the stages flattened, as timm does for such models.
+        kwargs.setdefault("flatten_sequential", any("." in f["module"] for f in model.feature_info))
         self.extractor = FeatureListNet(model.backbone, out_indices=out_indices, **kwargs)
         self.feature_info = self.extractor.feature_info
         # The extractor holds the backbone's modules (and the per-resolution BNs) minus the
