@@ -17,6 +17,17 @@ case "$profile" in
   *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
 esac
 
+# The demo's browser test drives Debian's chromium (playwright never downloads a browser here). It
+# is a system package, so it is checked on every run, stamp or not; installed only where apt-get
+# exists and this runs as root. Elsewhere the test skips and says why.
+if [[ "$profile" == "test" ]] && ! command -v chromium >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
+  echo "setup_env: installing chromium for the demo's browser test"
+  { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "setup_env: chromium could not be installed; the browser test will skip" >&2
+fi
+
 stamp_file="$venv/.vidllm-$profile.stamp"
 stamp="$(cat "$root/pyproject.toml" "$root/scripts/constraints.txt" "$root/scripts/setup_env.sh" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
