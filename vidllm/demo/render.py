@@ -60,7 +60,7 @@ def gallery_items(result, path: str) -> list[tuple[Any, str]]:
         box = answer.boxes.get(kept.index) if path in ("slow", "middle") else None
         caption = f"{kept.timestamp:.1f} s"
         if path in ("slow", "middle") and k < len(relevance):
-            caption += f" · relevance {relevance[k]:.3f}"
+            caption += f" · rel {relevance[k]:.2f}"
         if box is not None:
             caption += " · RoI"
         side = THUMB_SIDE if path == "fast" else DETAIL_SIDE

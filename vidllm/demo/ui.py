@@ -44,7 +44,8 @@ INTRO = (
     "sampling at full resolution would feed."
 )
 GALLERY_PATHS = ("slow", "middle", "fast", "uniform")
-GALLERY_COLUMNS = {"slow": 3, "middle": 5, "fast": 10, "uniform": 4}  # the paper's 3 / 5 / 50 frames
+GALLERY_COLUMNS = {"slow": 3, "middle": 5, "fast": 6, "uniform": 4}  # narrower columns overflow sideways
+GALLERY_HEIGHTS = {"slow": 250, "middle": 190, "fast": 280, "uniform": 250}  # pixels; more frames scroll
 #: one concurrency group for both endpoints: they share the model
 CONCURRENCY_ID = "vidllm-model"
 
@@ -183,7 +184,9 @@ def build_demo(pool: ModelPool, config: DemoConfig, examples: list[Example] | No
                     gr.Gallery(
                         label=PATH_STYLE[path][0],
                         columns=GALLERY_COLUMNS[path],
-                        height="auto",
+                        fit_columns=False,
+                        height=GALLERY_HEIGHTS[path],
+                        object_fit="contain",
                         format="png",
                         visible=path != "uniform",
                         interactive=False,
