@@ -119,11 +119,16 @@ def parse_choice(prediction: str, options: Sequence[str], answer_prefix: str = "
             match = pattern.search(text)
             if match:
                 return match.group(1)
+    found = set(re.findall(rf"(?<![A-Za-z])([{valid}])(?![A-Za-z])", reply))
+    # a reply that opens with its only lone letter ("C 0 down") picked it, unless that letter is
+    # the article of a sentence ("A red circle")
+    lead = re.match(rf"^\s*([{valid}])(?=\s|$)", reply)
+    if lead and found == {lead.group(1)} and not (lead.group(1) == "A" and re.match(r"^\s*A\s+[a-z]", reply)):
+        return lead.group(1)
     index = _option_text_match(reply, [strip_option_label(o) for o in options])
     if index is not None:
         return valid[index]
     # last resort: exactly one distinct standalone capital letter among the valid ones ("B is right")
-    found = set(re.findall(rf"(?<![A-Za-z])([{valid}])(?![A-Za-z])", reply))
     if len(found) == 1:
         letter = found.pop()
         # "A red circle" is an article, not option A

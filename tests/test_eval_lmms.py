@@ -126,6 +126,13 @@ def test_lmms_eval_runs_our_model_and_agrees_with_our_harness(tmp_path):
         )
     )
     our_samples = read_records(tmp_path / "ours" / "samples.jsonl")
-    replies = {s["doc"]["question_id"]: s["resps"][0][0] for s in lmms_samples}
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "task" / "vidllm_synthetic_mc.jsonl").read_text().splitlines()
+    ]
+    replies = {}
+    for sample in lmms_samples:  # lmms-eval logs doc_id (the row) and the filtered reply
+        reply = sample["filtered_resps"]
+        replies[rows[sample["doc_id"]]["question_id"]] = reply[0] if isinstance(reply, list) else reply
     assert replies == {s["id"]: s["prediction"] for s in our_samples}  # the same model, prompt and reducer
     assert lmms_accuracy == pytest.approx(ours["metrics"]["accuracy"]["value"])

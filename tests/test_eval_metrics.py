@@ -49,6 +49,8 @@ OPTIONS = ["red circle", "blue square", "green triangle", "red"]
         ("A red", "D"),  # "A" is an article here; the text names option D
         ("A", "A"),
         ("D is right", "D"),
+        ("C 0 down 0", "C"),  # a leading lone letter beats option text later in the reply
+        ("A 2 red", "A"),
         ("E", None),  # not an option letter
         ("B or C", None),  # two letters: ambiguous
         ("a purple star", None),
