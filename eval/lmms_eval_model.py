@@ -91,8 +91,8 @@ class VidLLM(_LmmsBase):
         self.num_frames = None if num_frames in (None, "", "None") else int(num_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
-        if hasattr(self.model, "resolve_reducer"):
-            self.model.resolve_reducer(self.reducer, self.budget, self.num_frames)  # fail at start-up
+        core = getattr(self.model, "vision", self.model)  # the vLLM backend keeps its VideoLLM here
+        core.resolve_reducer(self.reducer, self.budget, self.num_frames)  # fail at start-up, not per request
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -146,6 +146,11 @@ class VidLLM(_LmmsBase):
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         import torch
 
+        if getattr(self.model, "backend", "hf") != "hf":
+            raise NotImplementedError(
+                "loglikelihood scores continuations with the full transformers LM: use backend=hf "
+                "(the vLLM backend serves generation only)"
+            )
         results = []
         tokenizer = self.model.tokenizer
         embed = self.model.lm.get_input_embeddings()

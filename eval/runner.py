@@ -358,10 +358,12 @@ class Answerer:
         self.config = config
         self.judge = judge
         self.max_new_tokens = config.max_new_tokens or task.max_new_tokens
-        resolve = getattr(model, "resolve_reducer", None)
+        # the vLLM backend answers through vLLM but prepares inputs with its transformers VideoLLM
+        self.core = getattr(model, "vision", model)
+        resolve = getattr(self.core, "resolve_reducer", None)
         # fail fast, once, when the budget cannot be met (not once per sample)
         self.reducer_config = resolve(config.reducer, config.budget, config.num_frames) if resolve else None
-        model_config = getattr(model, "config", None)
+        model_config = getattr(self.core, "config", None)
         self.max_side = getattr(model_config, "decode_max_side", None)
 
     def _prepare(self, doc: Doc, index: int):
@@ -375,7 +377,7 @@ class Answerer:
                 raise ValueError("the question is empty")
             prompt = self.task.render_prompt(doc)
             record["prompt"] = prompt
-            validate = getattr(self.model, "validate_question", None)
+            validate = getattr(self.core, "validate_question", None)
             if validate is not None:
                 validate(prompt)
         except (ValueError, TypeError) as exc:

@@ -136,3 +136,51 @@ def test_lmms_eval_runs_our_model_and_agrees_with_our_harness(tmp_path):
         replies[rows[sample["doc_id"]]["question_id"]] = reply[0] if isinstance(reply, list) else reply
     assert replies == {s["id"]: s["prediction"] for s in our_samples}  # the same model, prompt and reducer
     assert lmms_accuracy == pytest.approx(ours["metrics"]["accuracy"]["value"])
+
+
+_LOGLIKELIHOOD_CHECK = """
+import json, sys
+from types import SimpleNamespace
+from eval.lmms_eval_model import VidLLM, manifest
+
+assert manifest().simple_class_path == "eval.lmms_eval_model.VidLLM"
+model_dir, video = sys.argv[1], sys.argv[2]
+lm = VidLLM(pretrained=model_dir, device="cpu", reducer="uniform", budget=32)
+lm.task_dict = {"t": {"test": {0: {"video": video}}}}
+visual = lambda doc: [doc["video"]]
+context = "What colour is the circle?"
+(reply,) = lm.generate_until([SimpleNamespace(args=(context, {"max_new_tokens": 2}, visual, 0, "t", "test"))])
+request = lambda cont: SimpleNamespace(args=(context, cont, visual, 0, "t", "test"))
+first = reply.split()[0]
+other_word = "purple" if first != "purple" else "orange"
+(_, greedy), (first_lp, _), (other_lp, other) = lm.loglikelihood(
+    [request(reply), request(first), request(other_word)]
+)
+print(json.dumps({"reply": reply, "greedy": greedy, "first_lp": first_lp, "other": other, "other_lp": other_lp}))
+"""
+
+
+@pytest.mark.slow
+def test_lmms_model_loglikelihood_agrees_with_its_generation(tmp_path):
+    """The reply ``generate_until`` gives is, token by token, what ``loglikelihood`` calls greedy."""
+    python = _lmms_python()
+    if python is None:
+        pytest.skip("lmms-eval is not installed here (see the test above for how to install it)")
+    from vidllm.testing.media import write_clip
+
+    model_dir = build_tiny_videollm(tmp_path / "model")
+    video = write_clip(tmp_path / "clip.mp4", num_frames=20)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [python, "-c", _LOGLIKELIHOOD_CHECK, str(model_dir), str(video)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["reply"]
+    assert out["greedy"] is True
+    assert out["other"] is False
+    assert out["other_lp"] < out["first_lp"] <= 0.0  # the greedy first word is the most likely one
