@@ -126,10 +126,11 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
             (r for r in rows if r["budget"] == budget and r["reducer"] == "uniform" and r["status"] == "ok"),
             None,
         )
-        if free and base and base["accuracy"] and base["mean_visual_tokens"]:
+        if free and base and base["mean_visual_tokens"]:
+            # an accuracy ratio over a uniform accuracy of 0 is undefined: shown as "-", not dropped
+            accuracy_ratio = f"{free['accuracy'] / base['accuracy']:.3f}" if base["accuracy"] else "-"
             pairs.append(
-                f"| {budget} | {free['accuracy'] / base['accuracy']:.3f} | "
-                f"{free['mean_visual_tokens'] / base['mean_visual_tokens']:.3f} |"
+                f"| {budget} | {accuracy_ratio} | {free['mean_visual_tokens'] / base['mean_visual_tokens']:.3f} |"
             )
     if pairs:
         lines += [
