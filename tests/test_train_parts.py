@@ -1,0 +1,312 @@
+"""vidllm.train parts: tokenizer, training data, checkpoints, schedule, presets (no training run)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vidllm.data.synthetic import (
+    COLORS,
+    SHAPES,
+    TEMPLATES,
+    WorldConfig,
+    render,
+    sample_item,
+    split_rng,
+    well_posed,
+)
+from vidllm.model import MARKERS
+from vidllm.reducer import uniform_frames
+from vidllm.train import checkpoint as ckpt
+from vidllm.train.data import (
+    cell_attributes,
+    cell_coverage,
+    scorer_batch,
+    subject_predicate,
+    video_batch,
+    video_item,
+    yuv420_roundtrip,
+)
+from vidllm.train.loop import _truncate_log, lr_factor, read_log
+from vidllm.train.presets import PRESETS, Preset, get_preset
+from vidllm.train.tokenizer import train_tokenizer, world_corpus
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(world_corpus(num_items=60), vocab_size=400)
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_keeps_world_words_whole(tokenizer):
+    for shape in SHAPES:
+        ids = tokenizer(TEMPLATES["color"].format(shape=shape))["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id
+        assert len(ids) <= 7, tokenizer.convert_ids_to_tokens(ids)  # <s> What color is the shape ?
+    for color in COLORS:
+        for shape in SHAPES:
+            assert len(tokenizer(f" {color} {shape}", add_special_tokens=False)["input_ids"]) == 2
+
+
+def test_tokenizer_markers_are_single_special_tokens(tokenizer):
+    vocab = tokenizer.get_vocab()
+    for marker in MARKERS.values():
+        assert marker in vocab
+        assert tokenizer(marker, add_special_tokens=False)["input_ids"] == [vocab[marker]]
+        assert marker in tokenizer.all_special_tokens
+    assert (
+        tokenizer.decode(
+            [vocab[MARKERS["frame"]], *tokenizer(" red")["input_ids"][1:]], skip_special_tokens=True
+        )
+        == " red"
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["What is happening in the video?", "Ünïcode 🐰 text", "12.5s", "  spaces\tand\nlines "]
+)
+def test_tokenizer_round_trips_any_text(tokenizer, text):
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_tokenizer_splits_digits_and_is_deterministic(tokenizer, tmp_path):
+    assert tokenizer.convert_ids_to_tokens(tokenizer("2024", add_special_tokens=False)["input_ids"]) == list(
+        "2024"
+    )
+    again = train_tokenizer(world_corpus(num_items=60), vocab_size=400)
+    assert again.get_vocab() == tokenizer.get_vocab()
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "Which appears first, the red star or the blue circle? (A) red star (B) blue circle"
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_tokenizer_rejects_a_vocabulary_without_merges():
+    with pytest.raises(ValueError, match="no room for merges"):
+        train_tokenizer(["a b"], vocab_size=200)
+
+
+# ----------------------------------------------------------------------------------------------
+# training data
+# ----------------------------------------------------------------------------------------------
+
+
+def test_subject_predicate_matches_the_answer_key():
+    """The scorer's notion of "what a question is about" is the world's answer key's subjects."""
+    config = WorldConfig()
+    checked = 0
+    for index in range(40):
+        scene, _ = sample_item(split_rng("train", index), config)
+        for template, slots, _, subjects in well_posed(scene, config):
+            predicate = subject_predicate(template, slots)
+            matching = {i for i, o in enumerate(scene.objects) if predicate(o)}
+            assert matching == set(subjects), (template, slots)
+            checked += 1
+    assert checked > 100
+
+
+def test_cell_coverage():
+    grid = (8, 8)
+    small = cell_coverage((0.26, 0.26, 0.36, 0.36), grid)  # inside cell (2, 2)
+    assert small[2, 2] == pytest.approx(1.0)
+    assert small.sum() == pytest.approx(1.0)
+    whole = cell_coverage((0.0, 0.0, 1.0, 1.0), grid)
+    assert np.allclose(whole, 1.0)
+    half = cell_coverage((0.0, 0.0, 0.0625, 0.125), grid)  # half of cell (0, 0), a box bigger than nothing
+    assert half[0, 0] == pytest.approx(1.0)  # the whole box is in the cell
+    straddle = cell_coverage((0.1, 0.1, 0.15, 0.15), grid)
+    assert straddle[0, 0] > 0
+    assert straddle[1, 1] > 0
+    assert straddle.sum() == pytest.approx(1.0)
+
+
+def test_cell_attributes_name_the_object_in_each_cell():
+    from vidllm.data.synthetic import SceneObject
+
+    def obj(color, shape, x, y, size):
+        return SceneObject(shape, color, size, "left", 0.0, 1.0, x, y, x, y, short_lived=False, small=False)
+
+    small = obj("red", "star", 0.31, 0.31, 0.08)  # inside cell (2, 2) of an 8x8 grid
+    big = obj("blue", "square", 0.75, 0.75, 0.25)  # covers cells 5 and 6 of both axes
+    colors, shapes = cell_attributes([(small, small.box(0.5)), (big, big.box(0.5))], (8, 8))
+    assert colors[2, 2] == COLORS.index("red")
+    assert shapes[2, 2] == SHAPES.index("star")
+    assert colors[5, 5] == COLORS.index("blue")
+    assert shapes[6, 6] == SHAPES.index("square")
+    assert colors[0, 0] == len(COLORS)
+    assert shapes[0, 0] == len(SHAPES)
+    assert (colors < len(COLORS)).sum() == 1 + 4
+
+
+def test_yuv420_roundtrip_halves_chroma_and_keeps_grey():
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8), 3, axis=-1)
+    assert np.abs(yuv420_roundtrip(grey).astype(int) - grey).max() <= 1
+    frames = rng.integers(96, 160, (2, 8, 8, 3), dtype=np.uint8)  # no clipping at the gamut's edge
+    out = yuv420_roundtrip(frames).astype(np.float32)
+    to_yuv = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    yuv_in, yuv_out = frames @ to_yuv.T, out @ to_yuv.T
+    assert np.abs(yuv_in[..., 0] - yuv_out[..., 0]).max() < 1.5  # luma kept (up to rounding)
+    block = yuv_out[0, 2:4, 4:6, 1:]
+    assert np.abs(block - block.mean(axis=(0, 1))).max() < 1.5  # one chroma value per 2x2 block
+
+
+def test_scorer_batch_is_deterministic_and_consistent():
+    kwargs = dict(seed=0, scenes=3, frames_per_scene=2, texts=10, grid=(4, 4))
+    a, b = scorer_batch(5, **kwargs), scorer_batch(5, **kwargs)
+    assert np.array_equal(a.frames, b.frames)
+    assert a.texts == b.texts
+    assert np.array_equal(a.patch_labels, b.patch_labels)
+    other = scorer_batch(5, rank=1, world_size=2, **kwargs)
+    assert not np.array_equal(a.frames, other.frames)
+    assert a.frames.shape == (6, 96, 96, 3)
+    assert len(a.texts) == 10
+    assert a.frame_labels.shape == (6, 10)
+    assert a.patch_labels.shape == (6, 10, 4, 4)
+    # a cell is positive only where the frame is
+    assert np.all(a.patch_labels.max(axis=(2, 3)) <= a.frame_labels + 1e-6)
+    assert np.all((a.patch_labels.max(axis=(2, 3)) > 0) == (a.frame_labels > 0))
+    assert a.cell_colors.shape == a.cell_shapes.shape == (6, 4, 4)
+    assert np.array_equal(a.cell_colors == len(COLORS), a.cell_shapes == len(SHAPES))
+
+
+def test_video_item_is_deterministic_and_sampled_like_a_file():
+    kwargs = dict(seed=0, num_frames=8, questions=4, mc_share=0.5, yuv420_prob=0.0)
+    a, b = video_item(7, **kwargs), video_item(7, **kwargs)
+    assert np.array_equal(a.frames, b.frames)
+    assert [(q.prompt, q.target) for q in a.questions] == [(q.prompt, q.target) for q in b.questions]
+    keep = uniform_frames(50, 8)
+    assert np.array_equal(a.frames, render(a.scene, 50, (96, 96))[keep])
+    assert a.timestamps == pytest.approx([a.scene.timestamps(50)[i] for i in keep])
+    asked = [(q.question.template, frozenset(q.question.slots.values())) for q in a.questions]
+    assert len(set(asked)) == len(asked)  # never the same question twice
+    for qa in a.questions:
+        assert qa.target == (qa.question.answer_letter if qa.mc else qa.question.answer)
+    batch = video_batch(3, videos=2, **kwargs)
+    assert [v.scene.video_id for v in batch] == ["synthetic_train_0000006", "synthetic_train_0000007"]
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints, schedule, log
+# ----------------------------------------------------------------------------------------------
+
+
+def _trained_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+    return model, opt
+
+
+def test_checkpoint_round_trip_and_rotation(tmp_path):
+    model, opt = _trained_optimizer()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    opt.step()
+    sched.step()
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(
+            tmp_path, step, module=model, optimizer=opt, scheduler=sched, state={"x": step}, keep=2
+        )
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3]
+    (tmp_path / ".tmp_step_000009").mkdir()  # a write that was killed does not count
+    (tmp_path / "step_000010").mkdir()  # nor does a directory without state
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_000003"
+    expected = torch.rand(3)
+    fresh, fresh_opt = _trained_optimizer(seed=1)
+    fresh_sched = torch.optim.lr_scheduler.LambdaLR(fresh_opt, lambda s: 0.5**s)
+    state = ckpt.load_checkpoint(
+        tmp_path / "step_000003", module=fresh, optimizer=fresh_opt, scheduler=fresh_sched
+    )
+    assert state["step"] == 3
+    assert state["x"] == 3
+    assert torch.equal(torch.rand(3), expected)  # the generator is back where it was at the save
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    sa, sb = opt.state_dict(), fresh_opt.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for index, values in sa["state"].items():
+        for name, value in values.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][index][name])), name
+    assert fresh_sched.last_epoch == sched.last_epoch
+    assert fresh_sched.get_last_lr() == sched.get_last_lr()
+
+
+def test_rng_state_round_trip():
+    import random
+
+    tensors, meta = ckpt.rng_state()
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    ckpt.set_rng_state(tensors, meta)
+    got = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+def test_lr_factor_warms_up_then_decays():
+    values = [lr_factor(s, 100, 10, 0.1) for s in range(101)]
+    assert values[0] == pytest.approx(0.1)
+    assert values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(values[9:]))  # decays after the warm-up
+    assert values[100] == pytest.approx(0.1)
+
+
+def test_truncate_log_drops_rows_after_the_checkpoint(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss,layout\n10,1.0,a\n20,0.5,b\n30,0.25,c\n")
+    _truncate_log(path, 20)
+    log = read_log(path)
+    assert log["step"] == [10.0, 20.0]
+    assert log["layout"] == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------------------------
+# presets (the registry)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_round_trips_and_fits_the_limits(name):
+    from vidllm.lm import VLLM_CPU_HEAD_SIZES, VidLMConfig
+    from vidllm.reducer import ReducerConfig, plan
+
+    preset = get_preset(name)
+    assert Preset.from_dict(preset.to_dict()) == preset
+    lm = VidLMConfig(vocab_size=preset.model.tokenizer_vocab_size, **preset.model.lm)
+    assert lm.head_dim in VLLM_CPU_HEAD_SIZES  # the same checkpoint serves through vLLM
+    reducer = ReducerConfig(**preset.model.reducer)
+    assert plan(reducer, (8, 8)).total > 0
+    weights = [e["weight"] for e in preset.video.reducer_mix]
+    assert weights
+    assert min(weights) > 0
+    # the LM's parameters alone, in float32, stay far under the 20 MB checkpoint limit
+    hidden, inter, layers = lm.hidden_size, lm.intermediate_size, lm.num_hidden_layers
+    params = 2 * lm.vocab_size * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
+    assert 4 * params < 10e6
+
+
+def test_preset_overrides():
+    preset = get_preset("default", {"video.steps": 7, "seed": 3})
+    assert preset.video.steps == 7
+    assert preset.seed == 3
+    assert PRESETS["default"].video.steps != 7  # a copy
+    with pytest.raises(KeyError):
+        get_preset("default", {"video.nope": 1})
+    with pytest.raises(KeyError, match="unknown preset"):
+        get_preset("nope")
+    assert math.isclose(sum(e["weight"] for e in PRESETS["default"].video.reducer_mix), 1.0)

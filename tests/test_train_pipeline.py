@@ -1,0 +1,190 @@
+"""vidllm.train end to end on the smoke preset: training lowers the loss, an interrupted run resumes
+exactly, the training forward pass is the inference path, and the exported model loads and answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidllm.train.loop import read_log
+from vidllm.train.presets import get_preset
+from vidllm.train.trainer import (
+    VideoLLMForTraining,
+    VideoStepBatch,
+    as_video,
+    build_video_llm,
+    train,
+    video_stage,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _final_state(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
+    checkpoints = sorted((run_dir / stage / "checkpoints").glob("step_*"))
+    return load_file(str(checkpoints[-1] / "model.safetensors"))
+
+
+def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke preset trained once, uninterrupted (validation included)."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = train(get_preset("smoke"), out, progress=False)
+    assert result.status == "done"
+    return result
+
+
+def test_smoke_training_lowers_the_loss(smoke_run):
+    for stage in ("scorer", "video"):
+        log = read_log(smoke_run.output_dir / stage / "log.csv")
+        assert log["step"][-1] == get_preset("smoke").__getattribute__(stage).steps
+        assert log["loss"][-1] < log["loss"][0], (stage, log["loss"])
+    assert set(smoke_run.stages) == {"scorer", "video", "lora"}
+    assert all(r.status == "done" for r in smoke_run.stages.values())
+
+
+def test_interrupted_run_resumes_exactly(smoke_run, tmp_path):
+    """Stopped inside every stage (with a checkpoint, as a SIGTERM or the time limit stops it) and
+    started again: the same weights, optimiser-driven to the same values, as the uninterrupted run."""
+    preset = get_preset("smoke")
+    out = tmp_path / "run"
+    for stop in ({"scorer": 3}, {"video": 5}, {"lora": 1}):
+        result = train(preset, out, stop_at=stop, progress=False, run_validation=False)
+        assert result.status == "stopped"
+        ((stage, step),) = stop.items()
+        assert result.stages[stage].step == step
+    assert train(preset, out, progress=False, run_validation=False).status == "done"
+    for stage in ("scorer", "video", "lora"):
+        _assert_same_state(_final_state(smoke_run.output_dir, stage), _final_state(out, stage))
+    logged = read_log(out / "video" / "log.csv")
+    reference = read_log(smoke_run.output_dir / "video" / "log.csv")
+    assert logged["step"] == reference["step"]
+    assert logged["loss"] == reference["loss"]
+
+
+def test_finished_run_is_not_trained_again(smoke_run):
+    result = train(get_preset("smoke"), smoke_run.output_dir, progress=False, run_validation=False)
+    assert result.status == "done"
+    assert all(r.elapsed == smoke_run.stages[name].elapsed for name, r in result.stages.items())
+
+
+def test_exported_model_loads_and_answers(smoke_run, tmp_path):
+    import vidllm
+    from vidllm.data.synthetic import QuestionSet, render
+    from vidllm.data.synthetic.writer import encode_mp4
+
+    model_dir = smoke_run.model_dir
+    for name in ("vidllm_config.json", "vision.safetensors", "training_config.json", "loss_curve.png"):
+        assert (model_dir / name).is_file(), name
+    size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    assert size < 20e6
+    record = json.loads((model_dir / "training_config.json").read_text())
+    assert record["preset"]["name"] == "smoke"
+    assert record["validation"]["questions"] > 0
+    config = json.loads((model_dir / "vidllm_config.json").read_text())
+    assert config["tower"]["frozen"] is True
+    assert config["scorer"]["kind"] == "dual_encoder"
+
+    qset = QuestionSet.build("validation", 1, 2)
+    scene, question = qset.scenes[0], qset.questions[0]
+    video = tmp_path / "clip.mp4"
+    encode_mp4(render(scene, 50, (96, 96)), video, fps=10.0)
+    model = vidllm.load(str(model_dir), device="cpu")
+    assert not any(p.requires_grad for p in model.tower.parameters())
+    for reducer in ("free-video-llm", "uniform"):
+        answer = model.answer(str(video), question.question, reducer=reducer)
+        assert isinstance(answer.text, str)
+        assert answer.visual_tokens > 0
+        assert answer.reducer["reducer"] == reducer
+
+
+@pytest.mark.parametrize("reducer", ["free-video-llm", "uniform"])
+def test_training_forward_is_the_inference_path(smoke_run, reducer):
+    """The embeddings the LM is trained on are those ``VideoLLM.prepare`` feeds it at inference."""
+    from vidllm.model import VideoLLM
+    from vidllm.train.data import video_item
+
+    model = VideoLLM.from_pretrained(smoke_run.model_dir)
+    wrapper = VideoLLMForTraining(model).eval()
+    num_frames = model.config.reducer_config().num_frames
+    items = [video_item(i, seed=0, num_frames=num_frames, questions=2, mc_share=0.5) for i in (11, 12)]
+    layout = model.resolve_reducer(reducer, None)
+    batch = VideoStepBatch(items, layout, reducer, [(0, 0), (1, 0), (1, 1)])
+    with torch.no_grad():
+        trained = wrapper.prompt_embeds(batch)
+    for (v, q), embeds in trained.items():
+        item = items[v]
+        stamps = np.asarray(item.timestamps)
+        video = as_video(item.frames, stamps, num_frames)
+        reference = model.prepare(video, item.questions[q].prompt, reducer=reducer).embeds
+        assert embeds.shape == reference.shape
+        torch.testing.assert_close(embeds, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ffn_type", ["dense", "versatile", "parameternet"])
+def test_video_stage_trains_every_ffn_type(ffn_type, tmp_path):
+    """Two optimiser steps of stage 2 for each LM FFN variant: finite loss, weights move."""
+    from vidllm.train.loop import run_stage
+    from vidllm.train.scorer_training import build_dual_encoder
+    from vidllm.train.tokenizer import train_tokenizer, world_corpus
+
+    preset = get_preset("smoke", {"video.steps": 2, "log_every": 1})
+    preset.model.lm = {**preset.model.lm, "ffn_type": ffn_type, "num_parameternet_experts": 2}
+    tokenizer = train_tokenizer(world_corpus(num_items=20), vocab_size=300)
+    torch.manual_seed(0)
+    model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
+    before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    wrapper = VideoLLMForTraining(model)
+    result = run_stage(video_stage(preset, wrapper), tmp_path / "video", progress=False, log_every=1)
+    assert result.status == "done"
+    assert result.step == 2
+    log = read_log(tmp_path / "video" / "log.csv")
+    assert all(np.isfinite(log["loss"]))
+    moved = [k for k, v in model.lm.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("mlp" in k for k in moved)
+    assert any("self_attn" in k for k in moved)
+
+
+def test_cli_lists_presets_and_rejects_unknown_ones():
+    from vidllm.cli import main
+
+    assert main(["train", "--list"]) == 0
+    assert main(["train", "--preset", "no-such-preset"]) == 2
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_resumes_to_the_same_model(smoke_run, tmp_path):
+    """``vidllm train`` killed with SIGKILL mid-stage and started again ends where the
+    uninterrupted run ended (it resumes from the last periodic checkpoint)."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vidllm.cli", "train", "--preset", "smoke", "--output-dir", str(out),
+               "--no-validation", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((out / "video" / "checkpoints").glob("step_*")):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    for stage in ("scorer", "video", "lora"):
+        _assert_same_state(_final_state(smoke_run.output_dir, stage), _final_state(out, stage))

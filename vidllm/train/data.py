@@ -1,0 +1,344 @@
+"""Training data from the synthetic world, deterministic per index, for both training stages.
+
+Everything is drawn from the world's seeded streams (:func:`vidllm.data.synthetic.split_rng`),
+so batch ``s`` of a run is a pure function of ``(seed, s)``: a resumed run sees exactly the data
+the uninterrupted run would have seen, and ``k`` processes read disjoint slices of it.
+
+- Stage 1 (:func:`scorer_batch`): frames of several scenes, texts (object descriptions and
+  questions about those scenes, open and multiple choice), and for every frame-text pair whether
+  a subject of the text is on screen, and how much of each cell of the score grid it covers.
+- Stage 2 (:func:`video_batch`): videos rendered like the test split (96x96, 50 frames over 5 s),
+  sampled to the model's frame count as the decoder samples a file (segment centres), each with
+  a few questions: the item's targeted question (:func:`vidllm.data.synthetic.sample_item`,
+  templates and answers uniform, subjects short-lived / small at the world's shares) and other
+  well-posed questions about the same scene, so one pass of the vision tower serves several.
+
+Test videos are H.264 (yuv420p): :func:`yuv420_roundtrip` reproduces its largest systematic
+change, the halved chroma resolution, at a tiny fraction of an encode's cost; a real H.264 round
+trip (``compress=True``) is available where its cost is affordable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vidllm.data.synthetic import (
+    COLORS,
+    SHAPES,
+    TEMPLATES,
+    Question,
+    Scene,
+    SceneObject,
+    WorldConfig,
+    make_question,
+    render,
+    sample_item,
+    split_rng,
+    well_posed,
+)
+from vidllm.data.synthetic.questions import candidate_slots, pose
+from vidllm.reducer import uniform_frames
+
+# ----------------------------------------------------------------------------------------------
+# what a text is about
+# ----------------------------------------------------------------------------------------------
+
+
+def subject_predicate(template: str, slots: dict) -> Callable[[SceneObject], bool]:
+    """Which objects a question (or a plain ``"object"`` description) is about, whatever the scene.
+
+    The relevance the scorer learns: a frame is relevant to "What color is the star?" when a star
+    is on screen, to "Which appears first, the A or the B?" when A or B is.
+    """
+    if template in ("color", "count"):
+        return lambda o: o.shape == slots["shape"]
+    if template == "shape":
+        return lambda o: o.color == slots["color"]
+    if template in ("direction", "object"):
+        return lambda o: o.color == slots["color"] and o.shape == slots["shape"]
+    if template == "first":
+        names = {slots["a"], slots["b"]}
+        return lambda o: o.description in names
+    raise ValueError(f"unknown template {template!r}")
+
+
+def cell_coverage(box: tuple[float, float, float, float], grid: tuple[int, int]) -> np.ndarray:
+    """``(h, w)``: the share of each cell (or of the box, when it is smaller) the box overlaps.
+
+    A small object inside one cell gives that cell 1; a large one gives 1 to the cells it fills.
+    """
+    h, w = grid
+    x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in box)
+    xs = np.arange(w + 1) / w
+    ys = np.arange(h + 1) / h
+    ox = np.clip(np.minimum(xs[1:], x1) - np.maximum(xs[:-1], x0), 0, None)
+    oy = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None)
+    overlap = oy[:, None] * ox[None, :]
+    area = min(1 / (h * w), max((x1 - x0) * (y1 - y0), 1e-9))
+    return np.clip(overlap / area, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation
+# ----------------------------------------------------------------------------------------------
+
+_RGB_TO_YUV = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float32
+)
+_YUV_TO_RGB = np.linalg.inv(_RGB_TO_YUV).astype(np.float32)
+
+
+def yuv420_roundtrip(frames: np.ndarray) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 with the chroma planes averaged over 2x2 blocks (H.264's yuv420p).
+
+    The luma plane is kept, the two chroma planes are box-filtered to half size and repeated
+    back: the colour bleeding a small object suffers in the encoded test videos.
+    """
+    _, h, w, _ = frames.shape
+    yuv = frames.astype(np.float32) @ _RGB_TO_YUV.T
+    hh, ww = h - h % 2, w - w % 2
+    uv = yuv[:, :hh, :ww, 1:]
+    mean = (uv[:, 0::2, 0::2] + uv[:, 1::2, 0::2] + uv[:, 0::2, 1::2] + uv[:, 1::2, 1::2]) * 0.25
+    for dy in (0, 1):
+        for dx in (0, 1):
+            uv[:, dy::2, dx::2] = mean
+    return np.clip(np.rint(yuv @ _YUV_TO_RGB.T), 0, 255).astype(np.uint8)
+
+
+def augment(frames: np.ndarray, rng: np.random.Generator, yuv420_prob: float, compress_prob: float,
+            fps: float) -> np.ndarray:  # fmt: skip
+    """Chroma subsampling or a real H.264 round trip, at the given probabilities."""
+    if compress_prob > 0 and rng.random() < compress_prob:
+        from vidllm.data.synthetic.writer import h264_roundtrip
+
+        return h264_roundtrip(frames, fps=fps)
+    if yuv420_prob > 0 and rng.random() < yuv420_prob:
+        return yuv420_roundtrip(frames)
+    return frames
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 1: frames and texts for the dual encoder
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScorerBatch:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    texts: list[str]  # T texts
+    frame_labels: np.ndarray  # (F, T) float32: a subject of the text is on screen
+    patch_labels: np.ndarray  # (F, T, h, w) float32: share of each cell a subject covers
+    cell_colors: np.ndarray  # (F, h, w) int64: COLORS index of the object in the cell, len(COLORS) if none
+    cell_shapes: np.ndarray  # (F, h, w) int64: SHAPES index, len(SHAPES) if none
+
+
+def cell_attributes(
+    visible: list[tuple[SceneObject, tuple[float, float, float, float]]], grid: tuple[int, int],
+    min_coverage: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per cell, the colour and shape of the object covering it most (at least ``min_coverage``)."""
+    colors = np.full(grid, len(COLORS), dtype=np.int64)
+    shapes = np.full(grid, len(SHAPES), dtype=np.int64)
+    best = np.full(grid, min_coverage, dtype=np.float64)
+    for obj, box in visible:
+        coverage = cell_coverage(box, grid)
+        better = coverage >= best
+        colors[better] = COLORS.index(obj.color)
+        shapes[better] = SHAPES.index(obj.shape)
+        best = np.maximum(best, coverage)
+    return colors, shapes
+
+
+def _text_pool(scene: Scene, rng: np.random.Generator, world: WorldConfig, mc_prob: float) -> list[tuple]:
+    """``(text, template, slots)`` candidates about a scene: its questions and object descriptions."""
+    pool = []
+    for template, slots in candidate_slots(scene):
+        text = TEMPLATES[template].format(**slots)
+        if rng.random() < mc_prob and pose(scene, template, slots, world) is not None:
+            text = make_question(rng, scene, template, slots, world).mc_question  # ill-posed: open only
+        pool.append((text, template, slots))
+    for obj in scene.objects:
+        pool.append((obj.description, "object", {"color": obj.color, "shape": obj.shape}))
+    return pool
+
+
+def scorer_batch(
+    step: int,
+    *,
+    seed: int,
+    scenes: int,
+    frames_per_scene: int,
+    texts: int,
+    grid: tuple[int, int],
+    size: tuple[int, int] = (96, 96),
+    num_frames: int = 50,
+    mc_prob: float = 0.3,
+    yuv420_prob: float = 0.5,
+    world: WorldConfig | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ScorerBatch:
+    """Stage 1's batch ``step`` (for process ``rank`` of ``world_size``).
+
+    Half the texts are about the batch's scenes (questions of every template, some in their
+    multiple-choice form, and object descriptions), half are descriptions and questions about
+    random objects, which are mostly negatives; labels follow :func:`subject_predicate`.
+    """
+    world = world or WorldConfig()
+    rng = np.random.default_rng([seed, 1, step, rank])
+    frames, visible_sets, pool = [], [], []
+    for s in range(scenes):
+        index = (step * world_size + rank) * scenes + s
+        scene_rng = split_rng("train", index, seed)
+        scene, _ = sample_item(scene_rng, world, video_id=f"scorer_{index}")
+        video = render(scene, num_frames, size)
+        # Half the frames anywhere, half where a short-lived object is on screen (if any).
+        times = scene.frame_times(num_frames)
+        short = [
+            i for i in range(num_frames) if any(o.short_lived and o.visible(times[i]) for o in scene.objects)
+        ]
+        picks = [int(i) for i in rng.choice(num_frames, size=frames_per_scene, replace=False)]
+        if short:
+            for j in range(frames_per_scene // 2):
+                picks[j] = int(short[int(rng.integers(len(short)))])
+        video = augment(video[picks], rng, yuv420_prob, 0.0, num_frames / scene.duration)
+        for k, f in enumerate(picks):
+            frames.append(video[k])
+            t = float(times[f])
+            visible_sets.append([(o, o.box(t)) for o in scene.objects if o.visible(t)])
+        pool.extend(_text_pool(scene, rng, world, mc_prob))
+    chosen = [pool[int(i)] for i in rng.choice(len(pool), size=min(texts // 2, len(pool)), replace=False)]
+    while len(chosen) < texts:  # random objects: mostly negatives, sometimes matching by chance
+        color, shape = COLORS[int(rng.integers(len(COLORS)))], SHAPES[int(rng.integers(len(SHAPES)))]
+        kind = int(rng.integers(5))
+        if kind == 0:
+            chosen.append((f"{color} {shape}", "object", {"color": color, "shape": shape}))
+        elif kind == 1:
+            chosen.append((TEMPLATES["color"].format(shape=shape), "color", {"shape": shape}))
+        elif kind == 2:
+            chosen.append((TEMPLATES["shape"].format(color=color), "shape", {"color": color}))
+        elif kind == 3:
+            slots = {"color": color, "shape": shape}
+            chosen.append((TEMPLATES["direction"].format(**slots), "direction", slots))
+        else:
+            chosen.append((TEMPLATES["count"].format(shape=shape), "count", {"shape": shape}))
+    predicates = [subject_predicate(template, slots) for _, template, slots in chosen]
+    frame_labels = np.zeros((len(frames), len(chosen)), dtype=np.float32)
+    patch_labels = np.zeros((len(frames), len(chosen), *grid), dtype=np.float32)
+    for f, visible in enumerate(visible_sets):
+        for obj, box in visible:
+            coverage = None
+            for t, predicate in enumerate(predicates):
+                if predicate(obj):
+                    frame_labels[f, t] = 1.0
+                    coverage = cell_coverage(box, grid) if coverage is None else coverage
+                    np.maximum(patch_labels[f, t], coverage, out=patch_labels[f, t])
+    attributes = [cell_attributes(visible, grid) for visible in visible_sets]
+    return ScorerBatch(
+        np.stack(frames),
+        [c[0] for c in chosen],
+        frame_labels,
+        patch_labels,
+        np.stack([a[0] for a in attributes]),
+        np.stack([a[1] for a in attributes]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 2: videos and questions for the video LLM
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QA:
+    prompt: str  # the question as asked (open, or with its options)
+    target: str  # the answer the LM must write
+    question: Question
+    mc: bool
+
+
+@dataclass
+class TrainVideo:
+    frames: np.ndarray  # (N, H, W, 3) uint8, the sampled frames
+    timestamps: list[float]  # seconds
+    scene: Scene
+    questions: list[QA] = field(default_factory=list)
+
+
+def video_item(
+    index: int,
+    *,
+    seed: int,
+    num_frames: int,
+    questions: int,
+    mc_share: float,
+    size: tuple[int, int] = (96, 96),
+    source_frames: int = 50,
+    yuv420_prob: float = 0.5,
+    compress_prob: float = 0.0,
+    world: WorldConfig | None = None,
+) -> TrainVideo:
+    """Training video ``index``: the targeted item and up to ``questions - 1`` more about its scene."""
+    world = world or WorldConfig()
+    rng = split_rng("train", index, seed)
+    video_id = f"synthetic_train_{index:07d}"
+    scene, primary = sample_item(rng, world, video_id=video_id, question_id=f"{video_id}_q0")
+    asked = [primary]
+    key = lambda template, slots: (template, frozenset(slots.values()))
+    seen = {key(primary.template, primary.slots)}
+    extra = [c for c in well_posed(scene, world) if key(c[0], c[1]) not in seen]
+    for i in rng.permutation(len(extra)):
+        if len(asked) >= questions:
+            break
+        template, slots = extra[int(i)][:2]
+        if key(template, slots) in seen:
+            continue
+        seen.add(key(template, slots))
+        asked.append(make_question(rng, scene, template, slots, world, f"{video_id}_q{len(asked)}"))
+    video = render(scene, source_frames, size)
+    keep = uniform_frames(source_frames, num_frames)
+    if compress_prob > 0 and rng.random() < compress_prob:  # the codec sees the whole video
+        video = augment(video, rng, 0.0, 1.0, source_frames / scene.duration)
+    else:  # per-frame chroma subsampling: only the kept frames need it
+        video = video.copy()
+        video[keep] = augment(video[keep], rng, yuv420_prob, 0.0, source_frames / scene.duration)
+    stamps = scene.timestamps(source_frames)
+    qas = []
+    for q in asked:
+        mc = bool(rng.random() < mc_share)
+        qas.append(QA(q.prompt(mc), q.target(mc), q, mc))
+    return TrainVideo(video[keep], [float(stamps[i]) for i in keep], scene, qas)
+
+
+def video_batch(step: int, *, videos: int, rank: int = 0, world_size: int = 1, **kwargs) -> list[TrainVideo]:
+    """Stage 2's batch ``step`` for process ``rank``: ``videos`` consecutive items of its slice."""
+    first = (step * world_size + rank) * videos
+    return [video_item(first + v, **kwargs) for v in range(videos)]
+
+
+def question_sets_balance(items: Sequence[TrainVideo]) -> dict[str, int]:
+    """Questions per template in some items (for logs)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        for qa in item.questions:
+            counts[qa.question.template] = counts.get(qa.question.template, 0) + 1
+    return counts
+
+
+__all__ = [
+    "QA",
+    "ScorerBatch",
+    "TrainVideo",
+    "augment",
+    "cell_attributes",
+    "cell_coverage",
+    "question_sets_balance",
+    "scorer_batch",
+    "subject_predicate",
+    "video_batch",
+    "video_item",
+    "yuv420_roundtrip",
+]

@@ -1,0 +1,343 @@
+"""Named training presets: everything ``vidllm train --preset NAME`` needs, as data.
+
+A preset fixes the model (vision tower, relevance scorer, language model, reducer defaults), the
+three training stages and the seeds; ``training_config.json`` beside a trained model is the
+preset it came from. Presets:
+
+- ``default``: the bundled model (``vidllm/checkpoints/default``); why its numbers are what they
+  are is in the comments of :data:`DEFAULT`.
+- ``parameternet``: the same with ParameterNet FFN layers in the LM instead of VersatileFFN.
+- ``smoke``: a toy of every part, trained for a handful of steps in seconds (tests, CI).
+
+``get_preset(name, **overrides)`` returns a copy; dotted overrides reach into the stages
+(``{"video.steps": 10}``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from efficient_backbones.ghostnet import GHOSTNET_BLOCKS
+
+
+def ghostnet_blocks(groups: int) -> list[list[list[float]]]:
+    """The first ``groups`` block groups of GhostNet's Table 1, as JSON-able lists.
+
+    Five groups end at stride 8 (40 channels, expansion 120): at 64 px that is an 8x8 grid.
+    """
+    return [[list(block) for block in group] for group in GHOSTNET_BLOCKS[:groups]]
+
+
+@dataclass
+class VisionSpec:
+    """A zoo backbone cut into a patch-feature extractor (the tower, and the scorer's image tower)."""
+
+    backbone: str = "ghostnet_100"
+    # head_chs: GhostNet's classifier head is not used by a tower; a small one keeps it out of the way
+    backbone_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"block_cfgs": ghostnet_blocks(5), "head_chs": 16}
+    )
+    image_size: int = 64
+
+
+@dataclass
+class ModelSpec:
+    """The video LLM's architecture and reducer defaults."""
+
+    tower: VisionSpec = field(default_factory=VisionSpec)
+    lm: dict[str, Any] = field(default_factory=dict)  # VidLMConfig fields besides the vocabulary
+    reducer: dict[str, Any] = field(default_factory=dict)  # ReducerConfig fields
+    projector_hidden: int | None = None
+    max_new_tokens: int = 8
+    tokenizer_vocab_size: int = 512
+    tokenizer_corpus_items: int = 1000  # training items whose questions the BPE is trained on
+
+
+@dataclass
+class ScorerStageSpec:
+    """Stage 1: the dual encoder (relevance scorer), contrastive with patch supervision."""
+
+    steps: int = 600
+    scenes: int = 16
+    frames_per_scene: int = 4
+    texts: int = 96
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    patch_loss_weight: float = 1.0
+    attribute_loss_weight: float = 1.0
+    position_loss_weight: float = 10.0
+    embed_dim: int = 64
+    patch_hidden: int = 128
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    mc_prob: float = 0.3
+    yuv420_prob: float = 0.5
+
+
+@dataclass
+class VideoStageSpec:
+    """Stage 2: the video LLM end to end (tower, projector, LM), answer tokens only.
+
+    ``reducer_mix`` lists the layouts trained on, with weights: ``{"reducer": "free-video-llm",
+    "budget": None}`` is the model's default configuration, a budget goes through
+    ``config_for_budget`` / ``uniform_config_for_budget`` exactly as at inference. One layout is
+    drawn per step, so a batch has sequences of similar length.
+    """
+
+    steps: int = 3000
+    videos: int = 4
+    questions: int = 3
+    max_lm_tokens: int = 4800  # fewer questions in a step whose layout is long
+    mc_share: float = 0.25
+    lr: float = 1e-3
+    tower_lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    freeze_tower_bn: bool = True
+    init_tower_from_scorer: bool = True
+    # Parameter-name prefixes (inside the tower's backbone) that train; None: all of it. The
+    # default trains GhostNet's last block group and its final 1x1 stage: most of the tower's
+    # parameters at a fraction of the backward cost (the early layers run at 4-16x the cells).
+    tower_trainable: list[str] | None = field(default_factory=lambda: ["blocks.4", "blocks.5"])
+    yuv420_prob: float = 0.5
+    compress_prob: float = 0.0
+    reducer_mix: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class LoRAStageSpec:
+    """Stage 3 (optional): LoRA on the LM (vidllm.lm.apply_lora), merged into the weights after.
+
+    Its default use: a short adaptation to H.264 frames (``compress_prob``), which the test
+    videos are and the main stage can only approximate.
+    """
+
+    steps: int = 0
+    r: int = 8
+    alpha: int = 16
+    lr: float = 5e-4
+    warmup: int = 10
+    videos: int = 4
+    questions: int = 3
+    train_projector: bool = True
+    compress_prob: float = 1.0
+    yuv420_prob: float = 0.0
+
+
+@dataclass
+class ValidationSpec:
+    """Accuracy after training on a fixed validation subset, both reducers at the default budget."""
+
+    num_videos: int = 100
+    questions_per_video: int = 3
+    compress: bool = True
+    budgets: list[int | None] = field(default_factory=lambda: [None])
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    bf16: bool = True  # autocast in training (CPUs with AVX512-BF16 and GPUs run it fast)
+    checkpoint_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    model: ModelSpec = field(default_factory=ModelSpec)
+    scorer: ScorerStageSpec = field(default_factory=ScorerStageSpec)
+    video: VideoStageSpec = field(default_factory=VideoStageSpec)
+    lora: LoRAStageSpec = field(default_factory=LoRAStageSpec)
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default) and isinstance(value, dict):
+            value = _from_dict(type(default), value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# the presets
+# ----------------------------------------------------------------------------------------------
+
+# The default reducer. 32 frames: the shortest-lived subjects (5% of a 50-frame video, 2.5
+# frames) always fall on a sampled frame at 32 (every 1.56 frames) and not always at 24 or 16.
+# With the tower's 8x8 grid, pooled 2x along the width: 3 slow + 4 middle frames of 32 tokens,
+# each re-encoded on a region of interest of a quarter of the frame (crop ratio 0.25: a 2x zoom,
+# what a small object needs; 0.8 zooms only 1.12x), and all 32 frames pooled to 2x2 on the fast
+# path: 224 + 128 = 352 visual tokens, 17% of the 2,048 of 32 full frames. Uniform sampling at the
+# same budget keeps 5 frames and sees a short-lived subject in about half of the videos.
+DEFAULT_REDUCER = {
+    "num_frames": 32,
+    "slow_frames": 3,
+    "middle_frames": 4,
+    "fast_grid": [2, 2],
+    "pool_stride": 2,
+    "roi_ratio": 0.25,
+    "roi_mode": "reencode",
+}
+
+# The LM: 4 VersatileFFN layers of width 128, heads of 32 (a size vLLM's CPU attention takes),
+# 4 virtual experts (top 2) and up to 2 loops: big enough for the world's five templates, small
+# enough that a step of 12 questions of ~400 tokens stays about a second on two cores.
+DEFAULT_LM = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "max_position_embeddings": 4096,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "ffn_type": "versatile",
+    "num_width_experts": 4,
+    "width_top_k": 2,
+    "max_loops": 2,
+    "tie_word_embeddings": False,
+}
+
+# Layouts trained on: the default configuration most, other Free Video-LLM budgets and uniform
+# sampling from 1 to all 32 frames (the full-token reference) so the model reads every layout the
+# evaluation sweeps ask for.
+DEFAULT_MIX = [
+    {"reducer": "free-video-llm", "budget": None, "weight": 0.35},
+    {"reducer": "free-video-llm", "budget": 128, "weight": 0.08},
+    {"reducer": "free-video-llm", "budget": 256, "weight": 0.08},
+    {"reducer": "free-video-llm", "budget": 512, "weight": 0.08},
+    {"reducer": "free-video-llm", "budget": 1024, "weight": 0.04},
+    {"reducer": "uniform", "budget": 64, "weight": 0.05},
+    {"reducer": "uniform", "budget": 128, "weight": 0.05},
+    {"reducer": "uniform", "budget": 256, "weight": 0.07},
+    {"reducer": "uniform", "budget": 352, "weight": 0.07},
+    {"reducer": "uniform", "budget": 512, "weight": 0.05},
+    {"reducer": "uniform", "budget": 1024, "weight": 0.04},
+    {"reducer": "uniform", "budget": 2048, "weight": 0.04},
+]
+
+DEFAULT = Preset(
+    name="default",
+    description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
+    model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER),
+    scorer=ScorerStageSpec(),
+    video=VideoStageSpec(reducer_mix=DEFAULT_MIX),
+    lora=LoRAStageSpec(steps=0),
+)
+
+PARAMETERNET = Preset(
+    name="parameternet",
+    description="the default model with ParameterNet FFN layers (top-1 of 4 down-projection experts)",
+    model=ModelSpec(
+        lm={**DEFAULT_LM, "ffn_type": "parameternet", "num_parameternet_experts": 4}, reducer=DEFAULT_REDUCER
+    ),
+    video=VideoStageSpec(reducer_mix=DEFAULT_MIX),
+)
+
+SMOKE = Preset(
+    name="smoke",
+    description="every part at toy size, a few steps each: seconds",
+    bf16=False,
+    threads=1,
+    checkpoint_every=4,
+    log_every=2,
+    model=ModelSpec(
+        tower=VisionSpec(
+            backbone_kwargs={"block_cfgs": ghostnet_blocks(3), "width": 0.25, "head_chs": 8}, image_size=32
+        ),
+        lm={
+            **DEFAULT_LM,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+        },
+        reducer={**DEFAULT_REDUCER, "num_frames": 6, "slow_frames": 1, "middle_frames": 1, "roi_ratio": 0.5},
+        tokenizer_vocab_size=320,
+        tokenizer_corpus_items=100,
+        max_new_tokens=4,
+    ),
+    scorer=ScorerStageSpec(
+        steps=6,
+        scenes=2,
+        frames_per_scene=2,
+        texts=8,
+        warmup=2,
+        embed_dim=16,
+        patch_hidden=16,
+        text_width=32,
+        text_layers=1,
+    ),
+    video=VideoStageSpec(
+        steps=12,
+        videos=2,
+        questions=2,
+        warmup=2,
+        lr=3e-3,
+        tower_lr=1e-3,
+        max_lm_tokens=2000,
+        tower_trainable=["blocks.2", "blocks.3"],
+        reducer_mix=[
+            {"reducer": "free-video-llm", "budget": None, "weight": 0.6},
+            {"reducer": "uniform", "budget": 32, "weight": 0.4},
+        ],
+    ),
+    lora=LoRAStageSpec(steps=2, videos=1, questions=2, warmup=1, compress_prob=0.5),
+    validation=ValidationSpec(num_videos=2, questions_per_video=2, compress=False),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (DEFAULT, PARAMETERNET, SMOKE)}
+
+
+def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
+    """A copy of the named preset with dotted ``overrides`` applied (``{"video.steps": 10}``)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    preset = copy.deepcopy(PRESETS[name])
+    for key, value in (overrides or {}).items():
+        target = preset
+        *path, last = key.split(".")
+        for part in path:
+            target = getattr(target, part)
+        if not hasattr(target, last):
+            raise KeyError(f"preset field {key!r} does not exist")
+        setattr(target, last, value)
+    return preset
+
+
+__all__ = [
+    "DEFAULT",
+    "PRESETS",
+    "LoRAStageSpec",
+    "ModelSpec",
+    "Preset",
+    "ScorerStageSpec",
+    "ValidationSpec",
+    "VideoStageSpec",
+    "VisionSpec",
+    "get_preset",
+    "ghostnet_blocks",
+]

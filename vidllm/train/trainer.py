@@ -1,0 +1,719 @@
+"""Stage 2 (and 3): train the video LLM end to end, then export the model ``vidllm.load`` reads.
+
+The pipeline of ``vidllm train --preset NAME`` (:func:`train`), every stage resumable:
+
+0. the tokenizer (:mod:`vidllm.train.tokenizer`), saved first so a resumed run reuses it;
+1. the relevance scorer (:mod:`vidllm.train.scorer_training`);
+2. the video LLM: vision tower (initialised from the scorer's image backbone, trainable),
+   projector and LM, trained on the answer tokens only. The forward pass is the inference path
+   of :meth:`vidllm.model.VideoLLM.prepare` with gradients: the same tower, scorer, reducer
+   functions and prompt layout (``VideoLLM._layout``), so what is trained is what answers. Each
+   step draws one reducer layout from the preset's mix (Free Video-LLM at several budgets and
+   uniform sampling from one frame to all of them), so the model reads every layout it will be
+   given; the Free Video-LLM crops of ``roi_mode="reencode"`` are encoded in one batch;
+3. optionally LoRA on the LM (PEFT, :func:`vidllm.lm.apply_lora`), merged into the weights;
+4. export: ``VideoLLM.save_pretrained`` (safetensors), ``training_config.json`` and
+   ``loss_curve.png`` beside it, and a validation accuracy with both reducers.
+
+LLaVA trains its projector and LM on answer tokens with the prompt masked the same way (Liu et
+al., "Visual Instruction Tuning", 2023, Sec. 4); here nothing is pretrained, so every part learns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import shutil
+import string
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidllm.reducer import (
+    ReducerConfig,
+    UniformConfig,
+    plan,
+    reduce_free_video_llm,
+    reduce_uniform,
+    uniform_frames,
+)
+from vidllm.train.data import TrainVideo, video_batch
+from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
+from vidllm.train.presets import LoRAStageSpec, Preset, VideoStageSpec
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_DIR = "tokenizer"
+MODEL_DIR = "model"
+CONFIG_FILE = "training_config.json"
+CURVE_FILE = "loss_curve.png"
+VALIDATION_FILE = "validation.json"
+VIDEO_METRICS = ("lm_loss", "answer_acc", "questions", "seq_len", "layout")
+
+
+# ----------------------------------------------------------------------------------------------
+# building the model
+# ----------------------------------------------------------------------------------------------
+
+
+def gumbel_decay(steps: int, start: float = 5.0, end: float = 0.1) -> float:
+    """Per-step factor that anneals VersatileFFN's Gumbel temperature from ``start`` to ``end``
+    over ``steps`` (the official schedule reaches 0.1 after ~24k steps; our runs are shorter)."""
+    return math.exp(math.log(end / start) / max(1, steps))
+
+
+def build_video_llm(preset: Preset, tokenizer, dual_encoder, *, train_tower: bool = True):
+    """The untrained video LLM of ``preset`` around a trained dual encoder (the frozen scorer)."""
+    from vidllm.lm import VidLMConfig, VidLMForCausalLM
+    from vidllm.model import VideoLLM, VideoLLMConfig
+    from vidllm.towers import BackboneTower
+    from vidllm.train.dual_encoder import make_scorer
+
+    spec = preset.model
+    tower = BackboneTower(
+        spec.tower.backbone,
+        image_size=spec.tower.image_size,
+        model_kwargs={"num_classes": 0, **spec.tower.backbone_kwargs},
+        frozen=not train_tower,
+        max_batch_size=4096,
+    )
+    if preset.video.init_tower_from_scorer:
+        tower.model.load_state_dict(dual_encoder.image_encoder.backbone.state_dict())
+    prefixes = preset.video.tower_trainable
+    if train_tower and prefixes is not None:
+        for name, p in tower.model.named_parameters():
+            p.requires_grad_(name.startswith(tuple(prefixes)))
+        if not any(p.requires_grad for p in tower.parameters()):
+            raise ValueError(
+                f"video.tower_trainable {prefixes} matches no parameter of {spec.tower.backbone}"
+            )
+    scorer = make_scorer(dual_encoder, tokenizer, frozen=True)
+    lm_fields = dict(spec.lm)
+    lm_fields.setdefault("gumbel_temperature_decay", gumbel_decay(preset.video.steps))
+    lm = VidLMForCausalLM(
+        VidLMConfig(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **lm_fields,
+        )
+    )
+    config = VideoLLMConfig(
+        tower={**tower.to_spec(), "frozen": True, "max_batch_size": 64},
+        scorer=scorer.to_spec(),
+        reducer=dict(spec.reducer),
+        projector_hidden=spec.projector_hidden,
+        max_new_tokens=spec.max_new_tokens,
+    )
+    return VideoLLM(config, tower, lm, tokenizer, scorer)
+
+
+# ----------------------------------------------------------------------------------------------
+# the training forward pass
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoStepBatch:
+    videos: list[TrainVideo]
+    layout: ReducerConfig | UniformConfig
+    layout_name: str
+    selected: list[tuple[int, int]]  # (video, question) pairs trained on this step
+
+
+class VideoLLMForTraining(nn.Module):
+    """A :class:`vidllm.model.VideoLLM` with a training ``forward``: the loss of a batch.
+
+    ``forward`` is what distributed data parallel wraps, so every trained parameter is reached
+    from it. The scorer stays frozen (it was trained in stage 1); the tower's batch-norm layers
+    keep their statistics when ``freeze_tower_bn`` (frames and RoI crops come in batches of very
+    different make-up, and inference uses the running statistics anyway).
+    """
+
+    def __init__(self, model, *, freeze_tower_bn: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.freeze_tower_bn = freeze_tower_bn
+
+    def train(self, mode: bool = True) -> VideoLLMForTraining:
+        super().train(mode)
+        if self.model.scorer is not None:
+            self.model.scorer.eval()
+        if mode and self.freeze_tower_bn:
+            for module in self.model.tower.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    # -- vision ----------------------------------------------------------------------------------
+
+    def _features(self, batch: VideoStepBatch, used: list[int]) -> dict[int, torch.Tensor]:
+        """Tower features ``(N, h, w, C)`` per used video; uniform layouts encode only their frames."""
+        tower = self.model.tower
+        n = batch.videos[used[0]].frames.shape[0]
+        if isinstance(batch.layout, UniformConfig):
+            keep = uniform_frames(n, batch.layout.num_frames)
+            encoded = tower.encode(np.concatenate([batch.videos[v].frames[keep] for v in used]))
+            index = torch.tensor(keep, device=encoded.device)
+            out = {}
+            for i, v in enumerate(used):
+                chunk = encoded[i * len(keep) : (i + 1) * len(keep)]
+                out[v] = chunk.new_zeros(n, *chunk.shape[1:]).index_copy(0, index, chunk)
+            return out
+        encoded = tower.encode(np.concatenate([batch.videos[v].frames for v in used]))
+        return {v: encoded[i * n : (i + 1) * n] for i, v in enumerate(used)}
+
+    @torch.no_grad()
+    def _scores(self, batch: VideoStepBatch, used: list[int], prompts: dict) -> dict:
+        """Frame and patch relevance per selected question, as ``VideoLLM.prepare`` computes them."""
+        scorer = self.model.scorer
+        frames = np.concatenate([batch.videos[v].frames for v in used])
+        n = batch.videos[used[0]].frames.shape[0]
+        device = self.model.device
+        images, patches = [], []
+        from vidllm._vision import as_frames, chunks
+
+        pixels_all = as_frames(frames)
+        for sl in chunks(pixels_all.shape[0], scorer.max_batch_size):
+            image, patch = scorer.embed_images(scorer.preprocess(pixels_all[sl], device))
+            images.append(torch.nn.functional.normalize(image.float(), dim=-1))
+            patches.append(torch.nn.functional.normalize(patch.float(), dim=-1))
+        images_t, patches_t = torch.cat(images), torch.cat(patches)
+        out = {}
+        for (v, q), prompt in prompts.items():
+            text = scorer.text_embedding(prompt).to(device)
+            i = used.index(v)
+            out[v, q] = (images_t[i * n : (i + 1) * n] @ text, patches_t[i * n : (i + 1) * n] @ text)
+        return out
+
+    def _reductions(self, batch: VideoStepBatch, features: dict, prompts: dict) -> dict:
+        """The reducer's output per selected question; RoI crops are encoded in one batch."""
+        layout = batch.layout
+        if isinstance(layout, UniformConfig):
+            return {key: reduce_uniform(features[key[0]], layout) for key in prompts}
+        scores = self._scores(batch, sorted(features), prompts)
+        tower = self.model.tower
+        crops: dict[tuple, torch.Tensor] = {}
+        if layout.roi_mode == "reencode":
+            wanted: list[tuple] = []
+            h, w = tower.grid
+            for key in prompts:  # a dry run to learn the boxes (they depend on scores only)
+                feats = features[key[0]]
+                dummy = lambda f, box, key=key, feats=feats: (
+                    wanted.append((key[0], f, tuple(box))) or feats.new_zeros(h, w, feats.shape[-1])
+                )
+                reduce_free_video_llm(feats.detach(), *scores[key], layout, reencode=dummy)
+            unique = list(dict.fromkeys(wanted))
+            if unique:
+                frames = np.stack([batch.videos[v].frames[f] for v, f, _ in unique])
+                encoded = tower.encode_crop(frames, [box for _, _, box in unique])
+                crops = {item: encoded[i] for i, item in enumerate(unique)}
+        out = {}
+        for key in prompts:
+            lookup = lambda f, box, v=key[0]: crops[v, f, tuple(box)]
+            out[key] = reduce_free_video_llm(features[key[0]], *scores[key], layout, reencode=lookup)
+        return out
+
+    # -- the loss ---------------------------------------------------------------------------------
+
+    def prompt_embeds(self, batch: VideoStepBatch) -> dict[tuple[int, int], torch.Tensor]:
+        """The LM input of every selected question, ``(L, H)``: what ``VideoLLM.prepare`` gives
+        for the same frames and question, here with gradients and batched tower passes."""
+        model = self.model
+        used = sorted({v for v, _ in batch.selected})
+        prompts = {
+            (v, q): model.validate_question(batch.videos[v].questions[q].prompt) for v, q in batch.selected
+        }
+        features = self._features(batch, used)
+        reductions = self._reductions(batch, features, prompts)
+        return {
+            (v, q): model._layout(reductions[v, q], batch.videos[v].timestamps, prompts[v, q])
+            for v, q in batch.selected
+        }
+
+    def forward(self, batch: VideoStepBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        model = self.model
+        tokenizer = model.tokenizer
+        embeds = self.prompt_embeds(batch)
+        embed = model.lm.get_input_embeddings()
+        sequences, labels = [], []
+        for v, q in batch.selected:
+            prompt_embeds = embeds[v, q]
+            target = tokenizer(" " + batch.videos[v].questions[q].target, add_special_tokens=False)[
+                "input_ids"
+            ]
+            target = [*target, tokenizer.eos_token_id]
+            target_ids = torch.tensor(target, device=model.device)
+            sequences.append(torch.cat([prompt_embeds, embed(target_ids).to(prompt_embeds.dtype)]))
+            labels.append(
+                torch.cat([torch.full((prompt_embeds.shape[0],), -100, device=model.device), target_ids])
+            )
+        length = max(s.shape[0] for s in sequences)
+        hidden = sequences[0].shape[1]
+        inputs = sequences[0].new_zeros(len(sequences), length, hidden)
+        mask = torch.zeros(len(sequences), length, dtype=torch.long, device=model.device)
+        label_batch = torch.full((len(sequences), length), -100, dtype=torch.long, device=model.device)
+        for i, (s, lab) in enumerate(zip(sequences, labels)):
+            inputs[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = 1
+            label_batch[i, : s.shape[0]] = lab
+        out = model.lm(inputs_embeds=inputs, attention_mask=mask, labels=label_batch, use_cache=False)
+        with torch.no_grad():
+            predicted = out.logits[:, :-1].argmax(-1)
+            target = label_batch[:, 1:]
+            answer = target != -100
+            exact = ((predicted == target) | ~answer).all(dim=1).float().mean()
+        lm_loss = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
+        metrics = {
+            "lm_loss": float(lm_loss.detach()),
+            "answer_acc": float(exact),
+            "questions": len(sequences),
+            "seq_len": length,
+            "layout": batch.layout_name,
+        }
+        return out.loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# stages
+# ----------------------------------------------------------------------------------------------
+
+
+def _layout_name(entry: dict[str, Any]) -> str:
+    budget = entry.get("budget")
+    return f"{entry['reducer']}@{'default' if budget is None else budget}"
+
+
+def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStageSpec, *,
+                        mix: list[dict[str, Any]], stage_seed: int):  # fmt: skip
+    """``(step, rank, world_size) -> VideoStepBatch``: one layout per step drawn from ``mix``,
+    and as many questions as ``max_lm_tokens`` allows for that layout's length."""
+    spec = preset.video
+    reducer = model.config.reducer_config()
+    weights = np.array([float(e.get("weight", 1.0)) for e in mix])
+    weights = weights / weights.sum()
+    layouts = []
+    for entry in mix:
+        layout = model.resolve_reducer(entry["reducer"], entry.get("budget"))
+        tokens = plan(layout, model.tower.grid, reducer.num_frames).total
+        estimate = tokens + 6 * reducer.num_frames + 40  # markers, timestamps, question, answer
+        layouts.append((layout, _layout_name(entry), estimate))
+
+    def batch_fn(step: int, rank: int, world_size: int) -> VideoStepBatch:
+        rng = np.random.default_rng([preset.seed, stage_seed, step])
+        layout, name, estimate = layouts[int(rng.choice(len(layouts), p=weights))]
+        items = video_batch(
+            step,
+            videos=stage.videos,
+            rank=rank,
+            world_size=world_size,
+            seed=preset.seed,
+            num_frames=reducer.num_frames,
+            questions=stage.questions,
+            mc_share=spec.mc_share,
+            yuv420_prob=stage.yuv420_prob,
+            compress_prob=stage.compress_prob,
+        )
+        limit = max(1, spec.max_lm_tokens // estimate)
+        order = [
+            (v, q) for q in range(stage.questions) for v in range(len(items)) if q < len(items[v].questions)
+        ]
+        return VideoStepBatch(items, layout, name, order[:limit])
+
+    return batch_fn
+
+
+def _video_loss(module: nn.Module, batch: VideoStepBatch, step: int):
+    return module(batch)
+
+
+def _gumbel_step(module: nn.Module, step: int) -> None:
+    from vidllm.lm.ffn import set_gumbel_temperature
+
+    set_gumbel_temperature(module, step)
+
+
+def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
+    """Stage 2: everything but the scorer, tower at its own learning rate."""
+    spec = preset.video
+    model = wrapper.model
+    rest = [(n, p) for n, p in model.named_parameters() if not n.startswith(("tower.", "scorer."))]
+    groups = [
+        *decay_groups(rest, spec.lr, spec.weight_decay),
+        *decay_groups(model.tower.named_parameters(), spec.tower_lr, spec.weight_decay),
+    ]
+    batch_fn = make_video_batch_fn(model, preset, spec, mix=spec.reducer_mix, stage_seed=2)
+    return Stage(
+        name="video",
+        module=wrapper,
+        param_groups=groups,
+        steps=spec.steps,
+        batch_fn=batch_fn,
+        loss_fn=_video_loss,
+        warmup=spec.warmup,
+        grad_clip=spec.grad_clip,
+        metric_names=VIDEO_METRICS,
+        on_step=_gumbel_step,
+    )
+
+
+def lora_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
+    """Stage 3: LoRA adapters on the LM (routers trained in full), tower frozen."""
+    from vidllm.lm import apply_lora
+
+    spec = preset.lora
+    model = wrapper.model
+    model.tower.requires_grad_(False)
+    model.projector.requires_grad_(spec.train_projector)
+    model.lm = apply_lora(model.lm, r=spec.r, lora_alpha=spec.alpha)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch_fn = make_video_batch_fn(model, preset, spec, mix=preset.video.reducer_mix, stage_seed=3)
+    return Stage(
+        name="lora",
+        module=wrapper,
+        param_groups=[{"params": params, "lr": spec.lr, "weight_decay": 0.0}],
+        steps=spec.steps,
+        batch_fn=batch_fn,
+        loss_fn=_video_loss,
+        warmup=spec.warmup,
+        metric_names=VIDEO_METRICS,
+        on_step=lambda module, step: _gumbel_step(module, preset.video.steps + step),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    return " ".join(text.lower().translate(_PUNCT).split())
+
+
+def as_video(frames: np.ndarray, timestamps: np.ndarray, num_frames: int, codec: str = "rawvideo"):
+    """A decoded :class:`vidllm.video.Video` of ``num_frames`` frames sampled from ``frames`` the
+    way the decoder samples a file (segment centres), with their true timestamps."""
+    from vidllm.video import Video, VideoMeta
+
+    total, height, width, _ = frames.shape
+    keep = uniform_frames(total, num_frames)
+    duration = float(timestamps[-1] + (timestamps[-1] - timestamps[0]) / max(1, total - 1))
+    meta = VideoMeta(fps=total / duration, duration=duration, width=width, height=height,
+                     num_frames=total, codec=codec, backend="synthetic")  # fmt: skip
+    return Video(frames[keep], np.asarray(timestamps)[keep], np.asarray(keep, dtype=np.int64), meta)
+
+
+def validate(
+    model,
+    *,
+    num_videos: int,
+    questions_per_video: int = 3,
+    reducers: tuple[str, ...] = ("free-video-llm", "uniform"),
+    budgets: tuple[int | None, ...] = (None,),
+    compress: bool = True,
+    split: str = "validation",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Open-ended accuracy on a fixed question set of ``split``, rendered like the test split
+    (96x96, 50 frames over 5 s, H.264 when ``compress``) and sampled as the decoder samples files.
+
+    Returns, per ``reducer@budget``: overall accuracy, per template, on questions about
+    short-lived or small subjects, and the mean visual tokens fed.
+    """
+    from vidllm.data.synthetic import QuestionSet, render
+    from vidllm.data.synthetic.writer import h264_roundtrip
+
+    qset = QuestionSet.build(split, num_videos, questions_per_video)
+    num_frames = model.config.reducer_config().num_frames
+    by_video: dict[str, list] = defaultdict(list)
+    for q in qset.questions:
+        by_video[q.video_id].append(q)
+    records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    items = list(by_video.items())
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="validation", unit="video")
+    was_training = model.training
+    model.eval()
+    for video_id, questions in items:
+        scene = qset.scene(video_id)
+        frames = render(scene, 50, (96, 96))
+        if compress:
+            frames = h264_roundtrip(frames, fps=50 / scene.duration)
+        video = as_video(frames, scene.timestamps(50), num_frames, codec="h264" if compress else "rawvideo")
+        for reducer in reducers:
+            for budget in budgets:
+                answers = model.answer_batch([video] * len(questions), [q.question for q in questions],
+                                             reducer=reducer, budget=budget)  # fmt: skip
+                for q, a in zip(questions, answers):
+                    records[f"{reducer}@{'default' if budget is None else budget}"].append(
+                        {
+                            "template": q.template,
+                            "correct": normalize_answer(a.text) == normalize_answer(q.answer),
+                            "hard": q.short_lived or q.small,
+                            "short_lived": q.short_lived,
+                            "small": q.small,
+                            "tokens": a.visual_tokens,
+                            "uniform_tokens": a.uniform_tokens,
+                        }
+                    )
+    model.train(was_training)
+    summary: dict[str, Any] = {
+        "questions": len(qset.questions),
+        "videos": len(by_video),
+        "compress": compress,
+    }
+    for key, rows in records.items():
+        acc = lambda rs: float(np.mean([r["correct"] for r in rs])) if rs else None
+        summary[key] = {
+            "accuracy": acc(rows),
+            "per_template": {
+                t: acc([r for r in rows if r["template"] == t]) for t in sorted({r["template"] for r in rows})
+            },
+            "short_lived_or_small": acc([r for r in rows if r["hard"]]),
+            "short_lived": acc([r for r in rows if r["short_lived"]]),
+            "small": acc([r for r in rows if r["small"]]),
+            "n_short_lived_or_small": sum(r["hard"] for r in rows),
+            "mean_visual_tokens": float(np.mean([r["tokens"] for r in rows])),
+            "full_tokens": float(np.mean([r["uniform_tokens"] for r in rows])),
+        }
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole pipeline
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done" or "stopped"
+    output_dir: Path
+    model_dir: Path | None
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+
+
+def _load_or_train_tokenizer(preset: Preset, directory: Path, is_main: bool, barrier):
+    from transformers import AutoTokenizer
+
+    from vidllm.train.tokenizer import train_tokenizer, world_corpus
+
+    if not (directory / "tokenizer.json").is_file():
+        if is_main:
+            tokenizer = train_tokenizer(
+                world_corpus(preset.model.tokenizer_corpus_items, seed=preset.seed),
+                vocab_size=preset.model.tokenizer_vocab_size,
+            )
+            tmp = directory.with_name(directory.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(directory)
+        barrier()
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    out = {}
+    for name in ("torch", "transformers", "accelerate", "tokenizers", "peft", "timm"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def export_model(model, directory: Path, preset: Preset, stages: dict[str, StageResult], output_dir: Path,
+                 validation: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write the model, ``training_config.json`` and ``loss_curve.png`` into ``directory``."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    write_training_record(tmp, preset, stages, output_dir, validation)
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def _exported_record(model_dir: Path) -> dict[str, Any] | None:
+    """The training record of a complete exported model in ``model_dir``, if there is one."""
+    record_file = model_dir / CONFIG_FILE
+    if not (record_file.is_file() and (model_dir / "vision.safetensors").is_file()):
+        return None
+    record = json.loads(record_file.read_text())
+    record["steps"] = {name: stage["steps"] for name, stage in record.get("stages", {}).items()}
+    return record
+
+
+def write_training_record(directory: Path, preset: Preset, stages: dict[str, StageResult], output_dir: Path,
+                          validation: dict[str, Any] | None) -> None:  # fmt: skip
+    record = {
+        "preset": preset.to_dict(),
+        "command": f"vidllm train --preset {preset.name}",
+        "stages": {
+            name: {"steps": r.step, "train_seconds": round(r.elapsed, 1)} for name, r in stages.items()
+        },
+        "train_seconds": round(sum(r.elapsed for r in stages.values()), 1),
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "versions": _versions(),
+        "validation": validation,
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    logs = {name: output_dir / name / "log.csv" for name in stages}
+    plot_loss_curves(logs, directory / CURVE_FILE, title=f"vidllm train --preset {preset.name}")
+
+
+def train(
+    preset: Preset,
+    output_dir: str | Path,
+    *,
+    max_minutes: float | None = None,
+    export_dir: str | Path | None = None,
+    stop_at: dict[str, int] | None = None,
+    progress: bool = True,
+    run_validation: bool = True,
+    accelerator=None,
+) -> TrainResult:
+    """Run (or resume) every stage of ``preset`` in ``output_dir`` and export the model.
+
+    Args:
+        max_minutes: wall-clock limit of this invocation; the stage in progress checkpoints and
+            the call returns with status ``"stopped"`` (run it again to continue).
+        export_dir: also copy the exported model there (e.g. ``vidllm/checkpoints/default``).
+        stop_at: per stage name, a step at which to stop (with a checkpoint) as if interrupted.
+        run_validation: measure validation accuracy (both reducers) after training.
+    """
+    threads = torch.get_num_threads()
+    if preset.threads:
+        torch.set_num_threads(preset.threads)
+    try:
+        return _train(preset, Path(output_dir), max_minutes, export_dir, stop_at or {}, progress,
+                      run_validation, accelerator)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_dir, stop_at: dict[str, int],
+           progress: bool, run_validation: bool, accelerator) -> TrainResult:  # fmt: skip
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from vidllm.train.scorer_training import build_dual_encoder, scorer_stage
+
+    start = time.monotonic()
+    deadline = None if max_minutes is None else start + 60.0 * max_minutes
+    accelerator = accelerator or Accelerator(
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "preset.json").write_text(preset.to_json())
+    accelerator.wait_for_everyone()
+    common = dict(
+        accelerator=accelerator,
+        checkpoint_every=preset.checkpoint_every,
+        log_every=preset.log_every,
+        keep_checkpoints=preset.keep_checkpoints,
+        deadline=deadline,
+        progress=progress,
+        bf16=preset.bf16,
+    )
+    results: dict[str, StageResult] = {}
+    tokenizer = _load_or_train_tokenizer(
+        preset, output_dir / TOKENIZER_DIR, accelerator.is_main_process, accelerator.wait_for_everyone
+    )
+
+    torch.manual_seed(preset.seed)
+    dual = build_dual_encoder(preset, tokenizer)
+    results["scorer"] = run_stage(
+        scorer_stage(preset, tokenizer, dual), output_dir / "scorer", stop_at=stop_at.get("scorer"), **common
+    )
+    if results["scorer"].status != "done":
+        return TrainResult("stopped", output_dir, None, results)
+
+    torch.manual_seed(preset.seed + 1)
+    model = build_video_llm(preset, tokenizer, dual)
+    wrapper = VideoLLMForTraining(model, freeze_tower_bn=preset.video.freeze_tower_bn)
+    results["video"] = run_stage(
+        video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
+    )
+    if results["video"].status != "done":
+        return TrainResult("stopped", output_dir, None, results)
+
+    if preset.lora.steps > 0:
+        torch.manual_seed(preset.seed + 2)
+        results["lora"] = run_stage(
+            lora_stage(preset, wrapper), output_dir / "lora", stop_at=stop_at.get("lora"), **common
+        )
+        if results["lora"].status != "done":
+            return TrainResult("stopped", output_dir, None, results)
+        model.lm = model.lm.merge_and_unload()
+
+    model_dir = output_dir / MODEL_DIR
+    validation = None
+    if accelerator.is_main_process:
+        previous = _exported_record(model_dir)
+        steps = {name: r.step for name, r in results.items()}
+        if previous is not None and previous.get("steps") == steps:
+            logger.info("%s already holds the model of these stages; not exported again", model_dir)
+            validation = previous.get("validation")
+        else:
+            model.eval()
+            export_model(model, model_dir, preset, results, output_dir)
+        if validation is None and run_validation and preset.validation.num_videos > 0:
+            from vidllm.model import VideoLLM
+
+            exported = VideoLLM.from_pretrained(model_dir)
+            spec = preset.validation
+            validation = validate(
+                exported,
+                num_videos=spec.num_videos,
+                questions_per_video=spec.questions_per_video,
+                budgets=tuple(spec.budgets),
+                compress=spec.compress,
+                progress=progress,
+            )
+            (output_dir / VALIDATION_FILE).write_text(json.dumps(validation, indent=2) + "\n")
+            write_training_record(model_dir, preset, results, output_dir, validation)
+        if export_dir is not None:
+            export_dir = Path(export_dir)
+            if export_dir.exists():
+                shutil.rmtree(export_dir)
+            shutil.copytree(model_dir, export_dir)
+            logger.info("model exported to %s", export_dir)
+    accelerator.wait_for_everyone()
+    logger.info("training finished in %.1f min", (time.monotonic() - start) / 60)
+    return TrainResult("done", output_dir, model_dir, results, validation)
+
+
+__all__ = [
+    "TrainResult",
+    "VideoLLMForTraining",
+    "VideoStepBatch",
+    "as_video",
+    "build_video_llm",
+    "export_model",
+    "gumbel_decay",
+    "lora_stage",
+    "make_video_batch_fn",
+    "normalize_answer",
+    "train",
+    "validate",
+    "video_stage",
+]
