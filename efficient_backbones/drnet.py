@@ -274,6 +274,7 @@ class DRNet(PatchTokensMixin, nn.Module):
         else:
             self.backbone.reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
+        self._macs_cache.clear()  # the classifier's share of the cost changed
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
