@@ -188,3 +188,19 @@ def test_sigkill_during_training_resumes_to_the_same_model(smoke_run, tmp_path):
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     for stage in ("scorer", "video", "lora"):
         _assert_same_state(_final_state(smoke_run.output_dir, stage), _final_state(out, stage))
+
+
+@pytest.mark.slow
+def test_two_processes_train_with_distributed_data_parallel(tmp_path):
+    """``torchrun --nproc_per_node 2``: two CPU processes (gloo), one model, an RNG state each."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vidllm.cli",
+               "train", "--preset", "smoke", "--output-dir", str(out), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = sorted((out / "video" / "checkpoints").glob("step_*"))[-1]
+    assert (last / "rng_0.safetensors").is_file()
+    assert (last / "rng_1.safetensors").is_file()
+    assert done.stdout.count("model:") == 1  # one report, from the main process
+    assert (out / "model" / "vision.safetensors").is_file()

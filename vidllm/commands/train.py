@@ -4,7 +4,8 @@
     vidllm train --preset default --max-minutes 30     # stop cleanly after 30 minutes; rerun to go on
     vidllm train --preset default --export-to vidllm/checkpoints/default
     vidllm train --preset smoke --output-dir /tmp/smoke
-    accelerate launch --num_processes 2 -m vidllm.cli train --preset default   # several processes
+    torchrun --nproc_per_node 2 -m vidllm.cli train --preset default    # several processes (CPU: gloo)
+    accelerate launch --multi_gpu --num_processes 2 -m vidllm.cli train ...  # several GPUs
 
 The output directory holds the tokenizer, one folder per stage (checkpoints, ``log.csv``) and the
 exported model (``model/``, with ``training_config.json`` and ``loss_curve.png``). Started again
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         run_validation=not args.no_validation,
     )
+    if not result.main_process:  # the main process reports for every process
+        return 0 if result.status == "done" else 3
     for name, stage in result.stages.items():
         print(f"{name:<8} {stage.status:<8} step {stage.step:>6}  {stage.elapsed / 60:6.1f} min of training")
     if result.status != "done":

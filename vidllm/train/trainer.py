@@ -504,6 +504,7 @@ class TrainResult:
     model_dir: Path | None
     stages: dict[str, StageResult] = field(default_factory=dict)
     validation: dict[str, Any] | None = None
+    main_process: bool = True  # False in the other processes of a distributed run
 
 
 def _load_or_train_tokenizer(preset: Preset, directory: Path, is_main: bool, barrier):
@@ -645,7 +646,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         scorer_stage(preset, tokenizer, dual), output_dir / "scorer", stop_at=stop_at.get("scorer"), **common
     )
     if results["scorer"].status != "done":
-        return TrainResult("stopped", output_dir, None, results)
+        return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
 
     torch.manual_seed(preset.seed + 1)
     model = build_video_llm(preset, tokenizer, dual)
@@ -654,7 +655,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
     )
     if results["video"].status != "done":
-        return TrainResult("stopped", output_dir, None, results)
+        return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
 
     if preset.lora.steps > 0:
         torch.manual_seed(preset.seed + 2)
@@ -662,7 +663,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
             lora_stage(preset, wrapper), output_dir / "lora", stop_at=stop_at.get("lora"), **common
         )
         if results["lora"].status != "done":
-            return TrainResult("stopped", output_dir, None, results)
+            return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
         model.lm = model.lm.merge_and_unload()
 
     model_dir = output_dir / MODEL_DIR
@@ -699,7 +700,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
             logger.info("model exported to %s", export_dir)
     accelerator.wait_for_everyone()
     logger.info("training finished in %.1f min", (time.monotonic() - start) / 60)
-    return TrainResult("done", output_dir, model_dir, results, validation)
+    return TrainResult("done", output_dir, model_dir, results, validation, accelerator.is_main_process)
 
 
 __all__ = [
