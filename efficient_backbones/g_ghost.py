@@ -188,6 +188,7 @@ class GGhostRegNet(PatchTokensMixin, nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.eval_channels_last = True  # see forward_features
         self.conv1 = nn.Conv2d(in_chans, stem_chs, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.relu = nn.ReLU(inplace=True)
@@ -242,6 +243,13 @@ class GGhostRegNet(PatchTokensMixin, nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eval_channels_last and not self.training and x.device.type == "cpu":
+            # CPU inference runs channels-last (faster oneDNN convolutions, about 1.3x here) and
+            # hands back a contiguous NCHW map with the same values.
+            return self._body(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self._body(x)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(conv_bn(x, self.conv1, self.bn1))
         for stage in self.stages:
             if self.grad_checkpointing and not torch.jit.is_scripting():

@@ -107,6 +107,7 @@ class GhostNet(PatchTokensMixin, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.eval_channels_last = True  # see forward_features
         conv_layer = make_conv_layer(num_experts)
 
         stem_out = make_divisible(stem_chs * width, 4)
@@ -195,6 +196,13 @@ class GhostNet(PatchTokensMixin, nn.Module):
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eval_channels_last and not self.training and x.device.type == "cpu":
+            # CPU inference runs the body channels-last (oneDNN's depthwise and 1x1 convolutions
+            # are faster on NHWC maps) and hands back a contiguous NCHW map, the same values.
+            return self._body(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self._body(x)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(conv_norm(x, self.conv_stem, self.bn1))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x, flatten=True)

@@ -132,11 +132,26 @@ def test_dfc_attention_shapes_and_gate(size: tuple[int, int]) -> None:
     torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_broadcast_gate_equals_nearest_upsampling() -> None:
-    out = torch.randn(3, 5, 12, 10)
-    gate = torch.rand(3, 5, 6, 5)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_broadcast_gate_equals_nearest_upsampling(memory_format: torch.memory_format) -> None:
+    out = torch.randn(3, 5, 12, 10).contiguous(memory_format=memory_format)
+    gate = torch.rand(3, 5, 6, 5).contiguous(memory_format=memory_format)
     expected = out * F.interpolate(gate, size=(12, 10), mode="nearest")
     assert torch.equal(apply_gate_upsampled(out.clone(), gate), expected)
+    trimmed = out[:, :4]  # neither layout: the interpolation path
+    assert torch.equal(apply_gate_upsampled(trimmed.clone(), gate[:, :4]), expected[:, :4])
+
+
+@pytest.mark.parametrize("name", ["ghostnetv2_100", "g_ghost_regnetx_032"])
+def test_channels_last_inference_gives_the_same_features(name: str) -> None:
+    model = _perturb_(eb.create_model(name))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fast = model.forward_features(x)
+        model.eval_channels_last = False
+        plain = model.forward_features(x)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5 * plain.abs().max().item())
 
 
 def test_dfc_attention_is_decoupled_horizontal_then_vertical() -> None:

@@ -133,13 +133,19 @@ def apply_gate_upsampled(out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
     When ``out`` is exactly twice the gate's size (every even input) the nearest upsampling is a
     2x2 repeat, applied here by broadcasting over a ``(h, 2, w, 2)`` view instead of building the
-    upsampled gate: the same products, without the extra full-size tensor.
+    upsampled gate: the same products, without the extra full-size tensor. Works on contiguous
+    and channels-last maps; anything else takes the interpolation.
     """
     b, c, h, w = out.shape
     gh, gw = gate.shape[-2:]
     if h == 2 * gh and w == 2 * gw:
-        out.view(b, c, gh, 2, gw, 2).mul_(gate.view(b, c, gh, 1, gw, 1))
-        return out
+        if out.is_contiguous():
+            out.view(b, c, gh, 2, gw, 2).mul_(gate.reshape(b, c, gh, 1, gw, 1))
+            return out
+        if out.is_contiguous(memory_format=torch.channels_last):
+            nhwc = out.permute(0, 2, 3, 1)  # a contiguous (b, h, w, c) view
+            nhwc.view(b, gh, 2, gw, 2, c).mul_(gate.permute(0, 2, 3, 1).reshape(b, gh, 1, gw, 1, c))
+            return out
     return out.mul_(F.interpolate(gate, size=(h, w), mode="nearest"))
 
 
@@ -197,7 +203,7 @@ class GhostModule(nn.Module):
         if self.needs_trim:
             out = out[:, : self.out_chs]
         if self.short_conv is not None:
-            out = apply_gate_upsampled(out.contiguous(), self.short_conv(x))
+            out = apply_gate_upsampled(out, self.short_conv(x))
         return out
 
 
