@@ -201,6 +201,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> list[str]:
     return skipped
 
 
+def zero_head(model: nn.Module) -> None:
+    """Start a new classifier at zero. EfficientNet-style initialisation scales the head by
+    ``1/sqrt(num_classes)``, which for 10 classes gives initial logits in the tens (a loss near 6)
+    and a first few hundred steps spent unlearning them; a zero head starts at chance."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear | nn.Conv2d):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+    else:
+        logger.info(
+            "%s: no Linear/Conv2d classifier found; its head keeps its initialisation", type(model).__name__
+        )
+
+
 def model_input_size(model: nn.Module) -> int:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     return int(cfg.get("input_size", (3, 224, 224))[-1])
@@ -230,7 +245,10 @@ def train(
         raise ValueError(f"{data.name} has no train split to fine-tune on")
     generator = torch.Generator().manual_seed(config.seed)
     n = len(data.train_y)
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    # the last partial batch is dropped: BatchNorm on a handful of images with 1x1 maps (a
+    # stride-32 network at 32 px) normalises by a variance of almost nothing and wrecks training
+    batch = min(config.batch_size, n)
+    steps_per_epoch = n // batch
     total = config.train_epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
@@ -248,8 +266,8 @@ def train(
 
         bar = tqdm(total=total, desc=f"train {config.model}", unit="step", dynamic_ncols=True)
     while step < total:
-        for index in torch.randperm(n, generator=generator).split(config.batch_size):
-            if step >= total:
+        for index in torch.randperm(n, generator=generator).split(batch):
+            if step >= total or len(index) < batch:
                 break
             x = to_input(data.train_x[index], size, mean, std)
             x = augment(x, generator, max_shift)
@@ -317,7 +335,12 @@ def run_image_cls(config: ImageClsConfig) -> dict[str, Any]:
     size = config.input_size or model_input_size(model)
     if config.data.startswith("imagefolder:") and size != probe_size:
         data = load_data(config.data, size)
-    skipped = load_checkpoint(model, config.checkpoint) if config.checkpoint else []
+    if config.checkpoint:
+        skipped = load_checkpoint(model, config.checkpoint)
+    else:
+        skipped = []
+    if config.train_epochs > 0 and (not config.checkpoint or skipped):
+        zero_head(model)
     mean, std = model_norm(model)
     training = train(model, data, config, size, mean, std) if config.train_epochs > 0 else {}
     if config.save:
@@ -351,7 +374,8 @@ def run_image_cls(config: ImageClsConfig) -> dict[str, Any]:
 #: Per-model settings of the digits fine-tuning suite (from random initialisation).
 SUITE: dict[str, dict[str, Any]] = {
     "ghostnet_100": {"input_size": 32, "train_epochs": 15, "lr": 3e-3},
-    "tinynet_e": {"input_size": 32, "train_epochs": 15, "lr": 3e-3},
+    # a stride-32 network at 32 px ends in 1x1 maps: it needs more epochs (96.4% after 15, 98.4% after 30)
+    "tinynet_e": {"input_size": 32, "train_epochs": 30, "lr": 3e-3},
     "vig_ti_224": {"input_size": 32, "train_epochs": 15, "lr": 1e-3},
     "pvig_ti_224": {"input_size": 32, "train_epochs": 15, "lr": 1e-3},
 }
