@@ -328,6 +328,9 @@ class VideoLLM(nn.Module):
         ``<|video_end|>``.
         """
         before, after = self.config.prompt_template.split("{video}")
+        # ``{question}`` may also come before the video (then a causal LM's visual tokens can
+        # attend to it); the text before the video has no other field, so a plain replace.
+        before = before.replace("{question}", question)
         text_ids = self.tokenizer(before, add_special_tokens=True)["input_ids"]
         pieces: list[torch.Tensor | list[int]] = [[*text_ids, self.marker_ids["start"]]]
         visual = self.projector(
