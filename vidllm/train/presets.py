@@ -52,6 +52,11 @@ class ModelSpec:
     reducer: dict[str, Any] = field(default_factory=dict)  # ReducerConfig fields
     projector_hidden: int | None = None
     max_new_tokens: int = 8
+    # The question before the video as well as after it: a causal LM's visual tokens can then
+    # attend to it, so each can tell whether it shows what is asked about (for a small LM
+    # trained from scratch, finding the asked object among hundreds of visual tokens otherwise
+    # takes far longer to learn); the copy after the video keeps the answer next to the question.
+    prompt_template: str = "Question: {question}\n{video}\nQuestion: {question}\nAnswer:"
     tokenizer_vocab_size: int = 512
     tokenizer_corpus_items: int = 1000  # training items whose questions the BPE is trained on
 

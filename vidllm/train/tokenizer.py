@@ -50,7 +50,6 @@ def world_corpus(num_items: int = 1000, seed: int = 0) -> Iterator[str]:
         answer_space,
         format_mc,
     )
-    from vidllm.model import VideoLLMConfig
 
     objects = [f"{c} {s}" for c in COLORS for s in SHAPES]
     for shape in SHAPES:
@@ -67,7 +66,7 @@ def world_corpus(num_items: int = 1000, seed: int = 0) -> Iterator[str]:
         space = answer_space(template)
         yield " ".join(space)
         yield format_mc(TEMPLATES["count"].format(shape="star"), space[:4])
-    prompt = VideoLLMConfig(tower={}).prompt_template.replace("{video}", "").replace("{question}", "")
+    prompt = "\nQuestion: \nAnswer:"  # the prompt templates' words (VideoLLMConfig and the presets)
     for _ in range(8):  # BPE keeps merges seen at least twice: the prompt and these words are whole
         yield prompt
         yield GENERAL_WORDS

@@ -113,6 +113,7 @@ def build_video_llm(preset: Preset, tokenizer, dual_encoder, *, train_tower: boo
         reducer=dict(spec.reducer),
         projector_hidden=spec.projector_hidden,
         max_new_tokens=spec.max_new_tokens,
+        prompt_template=spec.prompt_template,
     )
     return VideoLLM(config, tower, lm, tokenizer, scorer)
 
