@@ -323,11 +323,22 @@ def evaluate(
 
 
 def run_image_cls(config: ImageClsConfig) -> dict[str, Any]:
-    """Build (and optionally fine-tune) a classifier and measure it; a JSON-able result dict."""
-    from efficient_backbones._macs import count_macs, count_params
+    """Build (and optionally fine-tune) a classifier and measure it; a JSON-able result dict.
 
+    ``config.threads`` holds for this call only: the caller's torch thread count is restored.
+    """
+    threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    try:
+        return _run_image_cls(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_image_cls(config: ImageClsConfig) -> dict[str, Any]:
+    from efficient_backbones._macs import count_macs, count_params
+
     torch.manual_seed(config.seed)
     probe_size = config.input_size or 224
     data = load_data(config.data, probe_size)

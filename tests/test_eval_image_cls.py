@@ -38,7 +38,9 @@ def test_fine_tune_a_tiny_model_for_a_few_steps(tmp_path):
         model="tinynet_e", input_size=32, train_epochs=1, max_steps=3, batch_size=32, threads=1,
         save=str(tmp_path / "tinynet_e_digits.safetensors"),
     )  # fmt: skip
+    threads = torch.get_num_threads()
     result = run_image_cls(config)
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
     assert result["train_steps"] == 3
     assert np.isfinite(result["final_loss"])
     assert result["n_test"] == 450
@@ -88,6 +90,6 @@ def test_imagefolder_and_a_checkpoint_for_another_head(tmp_path):
 def test_zoo_models_reach_97_percent_on_digits():
     """ghostnet_100, tinynet_e, vig_ti_224 and pvig_ti_224 from random initialisation, fine-tuned on
     the digits train split at 32 px (``python -m eval image-cls-suite`` prints the same table)."""
-    results = run_digits_suite(["ghostnet_100", "tinynet_e", "vig_ti_224", "pvig_ti_224"])
+    results = run_digits_suite(["ghostnet_100", "tinynet_e", "vig_ti_224", "pvig_ti_224"], threads=1)
     for result in results:
         assert result["top1"] >= 0.97, (result["model"], result["top1"])

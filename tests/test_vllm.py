@@ -129,9 +129,14 @@ def mixed_pair(tmp_path_factory):
 
     directory = _parity_models(tmp_path_factory, ("mixed",))[0]
     hf = vidllm.load(directory, backend="hf")
+    # A caller that changed torch's thread count before loading (vLLM's CPU worker then replaces
+    # torch.set_num_threads): the in-process engine must still plan and run attention alike.
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    set_num_threads(1)
     served = vidllm.load(directory, backend="vllm", **ENGINE_KWARGS)
     yield hf, served
     served.close()
+    set_num_threads(threads)
 
 
 def test_greedy_ids_equal_transformers(mixed_pair, clips):

@@ -139,6 +139,10 @@ class EngineLoop:
                 self.engine.abort_request([request_id])
 
     def _run(self) -> None:
+        # An in-process engine steps in this thread. torch starts a new thread's OpenMP pool lazily
+        # at its own thread count, while vLLM's CPU attention reads OpenMP's count when it plans a
+        # batch: start the pool now so both agree (they differ once torch.set_num_threads ran).
+        torch.get_num_threads()
         while True:
             with self._work:
                 while not self._closed and not self.engine.has_unfinished_requests():
