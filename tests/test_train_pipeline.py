@@ -204,3 +204,24 @@ def test_two_processes_train_with_distributed_data_parallel(tmp_path):
     assert (last / "rng_1.safetensors").is_file()
     assert done.stdout.count("model:") == 1  # one report, from the main process
     assert (out / "model" / "vision.safetensors").is_file()
+
+
+def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
+    """The auxiliary relevance loss: visual tokens are found in the LM input, and its targets are
+    positive exactly on tokens whose region shows a subject of the question."""
+    from vidllm.model import VideoLLM
+    from vidllm.train.data import video_item
+
+    model = VideoLLM.from_pretrained(smoke_run.model_dir)
+    wrapper = VideoLLMForTraining(model, relevance_weight=1.0, relevance_layer=1).eval()
+    num_frames = model.config.reducer_config().num_frames
+    item = video_item(21, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
+    batch = VideoStepBatch([item], model.resolve_reducer("uniform", None), "uniform", [(0, 0), (0, 1)])
+    with torch.no_grad():
+        layouts = wrapper.layouts(batch)
+        for embeds, positions, reduction in layouts.values():
+            visual = model.projector(torch.cat([s.tokens for s in reduction.segments]))
+            torch.testing.assert_close(embeds[positions], visual)
+        loss, metrics = wrapper(batch)
+    assert torch.isfinite(loss)
+    assert 0.0 <= metrics["relevance_acc"] <= 1.0

@@ -65,19 +65,27 @@ def subject_predicate(template: str, slots: dict) -> Callable[[SceneObject], boo
     raise ValueError(f"unknown template {template!r}")
 
 
-def cell_coverage(box: tuple[float, float, float, float], grid: tuple[int, int]) -> np.ndarray:
+def cell_coverage(
+    box: tuple[float, float, float, float],
+    grid: tuple[int, int],
+    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+) -> np.ndarray:
     """``(h, w)``: the share of each cell (or of the box, when it is smaller) the box overlaps.
 
-    A small object inside one cell gives that cell 1; a large one gives 1 to the cells it fills.
+    The grid tiles ``region`` (fractions of the frame, ``(x0, y0, x1, y1)``: the whole frame, or
+    the crop a reducer re-encoded). A small object inside one cell gives that cell 1; a large one
+    gives 1 to the cells it fills.
     """
     h, w = grid
     x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in box)
-    xs = np.arange(w + 1) / w
-    ys = np.arange(h + 1) / h
+    rx0, ry0, rx1, ry1 = region
+    xs = rx0 + (rx1 - rx0) * np.arange(w + 1) / w
+    ys = ry0 + (ry1 - ry0) * np.arange(h + 1) / h
     ox = np.clip(np.minimum(xs[1:], x1) - np.maximum(xs[:-1], x0), 0, None)
     oy = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None)
     overlap = oy[:, None] * ox[None, :]
-    area = min(1 / (h * w), max((x1 - x0) * (y1 - y0), 1e-9))
+    cell_area = (rx1 - rx0) * (ry1 - ry0) / (h * w)
+    area = min(cell_area, max((x1 - x0) * (y1 - y0), 1e-9))
     return np.clip(overlap / area, 0.0, 1.0)
 
 
@@ -266,6 +274,13 @@ class TrainVideo:
     timestamps: list[float]  # seconds
     scene: Scene
     questions: list[QA] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # normalised scene time of each sampled frame
+
+    def subject_boxes(self, qa: QA, frame: int) -> list[tuple[float, float, float, float]]:
+        """Boxes of the question's subjects on screen in sampled frame ``frame``."""
+        t = self.times[frame]
+        subjects = (self.scene.objects[i] for i in qa.question.subjects)
+        return [o.box(t) for o in subjects if o.visible(t)]
 
 
 def video_item(
@@ -310,7 +325,10 @@ def video_item(
     for q in asked:
         mc = bool(rng.random() < mc_share)
         qas.append(QA(q.prompt(mc), q.target(mc), q, mc))
-    return TrainVideo(video[keep], [float(stamps[i]) for i in keep], scene, qas)
+    times = scene.frame_times(source_frames)
+    return TrainVideo(
+        video[keep], [float(stamps[i]) for i in keep], scene, qas, [float(times[i]) for i in keep]
+    )
 
 
 def video_batch(step: int, *, videos: int, rank: int = 0, world_size: int = 1, **kwargs) -> list[TrainVideo]:

@@ -113,6 +113,11 @@ class VideoStageSpec:
     yuv420_prob: float = 0.5
     compress_prob: float = 0.0
     reducer_mix: list[dict[str, Any]] = field(default_factory=list)
+    # Auxiliary loss: from the LM's hidden state after ``relevance_layer`` layers, whether each
+    # visual token shows a subject of the question (targets from the scene's boxes). It teaches
+    # the LM where to look before it can learn what to answer; 0 turns it off.
+    relevance_loss_weight: float = 0.5
+    relevance_layer: int = 2
 
 
 @dataclass
@@ -247,8 +252,8 @@ DEFAULT = Preset(
     name="default",
     description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
     model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER),
-    scorer=ScorerStageSpec(),
-    video=VideoStageSpec(reducer_mix=DEFAULT_MIX),
+    scorer=ScorerStageSpec(steps=300),
+    video=VideoStageSpec(steps=2000, reducer_mix=DEFAULT_MIX),
     lora=LoRAStageSpec(steps=0),
 )
 

@@ -56,7 +56,7 @@ MODEL_DIR = "model"
 CONFIG_FILE = "training_config.json"
 CURVE_FILE = "loss_curve.png"
 VALIDATION_FILE = "validation.json"
-VIDEO_METRICS = ("lm_loss", "answer_acc", "questions", "seq_len", "layout")
+VIDEO_METRICS = ("lm_loss", "answer_acc", "relevance_loss", "relevance_acc", "questions", "seq_len", "layout")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,10 +140,21 @@ class VideoLLMForTraining(nn.Module):
     different make-up, and inference uses the running statistics anyway).
     """
 
-    def __init__(self, model, *, freeze_tower_bn: bool = True) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        freeze_tower_bn: bool = True,
+        relevance_weight: float = 0.0,
+        relevance_layer: int = 2,
+    ) -> None:
         super().__init__()
         self.model = model
         self.freeze_tower_bn = freeze_tower_bn
+        self.relevance_weight = relevance_weight
+        self.relevance_layer = relevance_layer
+        hidden = model.lm.get_input_embeddings().embedding_dim
+        self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
 
     def train(self, mode: bool = True) -> VideoLLMForTraining:
         super().train(mode)
@@ -226,9 +237,10 @@ class VideoLLMForTraining(nn.Module):
 
     # -- the loss ---------------------------------------------------------------------------------
 
-    def prompt_embeds(self, batch: VideoStepBatch) -> dict[tuple[int, int], torch.Tensor]:
-        """The LM input of every selected question, ``(L, H)``: what ``VideoLLM.prepare`` gives
-        for the same frames and question, here with gradients and batched tower passes."""
+    def layouts(self, batch: VideoStepBatch) -> dict[tuple[int, int], tuple[torch.Tensor, list[int], Any]]:
+        """Per selected question: the LM input ``(L, H)`` (what ``VideoLLM.prepare`` gives for the
+        same frames and question, here with gradients and batched tower passes), the positions of
+        its visual tokens in it, and the reduction they came from."""
         model = self.model
         used = sorted({v for v, _ in batch.selected})
         prompts = {
@@ -236,19 +248,55 @@ class VideoLLMForTraining(nn.Module):
         }
         features = self._features(batch, used)
         reductions = self._reductions(batch, features, prompts)
-        return {
-            (v, q): model._layout(reductions[v, q], batch.videos[v].timestamps, prompts[v, q])
-            for v, q in batch.selected
-        }
+        out = {}
+        captured: list[torch.Tensor] = []
+        hook = model.projector.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            for v, q in batch.selected:
+                embeds = model._layout(reductions[v, q], batch.videos[v].timestamps, prompts[v, q])
+                out[v, q] = (embeds, _visual_positions(embeds, captured.pop()), reductions[v, q])
+        finally:
+            hook.remove()
+        return out
+
+    def prompt_embeds(self, batch: VideoStepBatch) -> dict[tuple[int, int], torch.Tensor]:
+        """The LM input of every selected question (see :meth:`layouts`)."""
+        return {key: value[0] for key, value in self.layouts(batch).items()}
+
+    def _relevance_loss(self, batch: VideoStepBatch, layouts: dict, hidden: torch.Tensor):
+        """Balanced BCE of "this visual token shows a subject of the question", read from the LM's
+        hidden states at ``relevance_layer``; targets from the scene's boxes at the frame's time,
+        mapped onto each token's region (its segment's grid over its RoI box or the frame)."""
+        from vidllm.train.data import cell_coverage
+        from vidllm.train.scorer_training import balanced_bce
+
+        states, targets = [], []
+        for i, (v, q) in enumerate(batch.selected):
+            _, positions, reduction = layouts[v, q]
+            item, qa = batch.videos[v], batch.videos[v].questions[q]
+            labels = []
+            for segment in reduction.segments:
+                coverage = np.zeros(segment.grid, dtype=np.float32)
+                region = segment.box or (0.0, 0.0, 1.0, 1.0)
+                for box in item.subject_boxes(qa, segment.frame):
+                    np.maximum(coverage, cell_coverage(box, segment.grid, region), out=coverage)
+                labels.append(coverage.ravel())
+            states.append(hidden[i, positions])
+            targets.append(torch.from_numpy(np.concatenate(labels)))
+        logits = self.relevance_head(torch.cat(states)).squeeze(-1).float()
+        target = torch.cat(targets).to(logits.device)
+        with torch.no_grad():
+            accuracy = float(((logits > 0) == (target >= 0.5)).float().mean())
+        return balanced_bce(logits, target), accuracy
 
     def forward(self, batch: VideoStepBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         model = self.model
         tokenizer = model.tokenizer
-        embeds = self.prompt_embeds(batch)
+        layouts = self.layouts(batch)
         embed = model.lm.get_input_embeddings()
         sequences, labels = [], []
         for v, q in batch.selected:
-            prompt_embeds = embeds[v, q]
+            prompt_embeds = layouts[v, q][0]
             target = tokenizer(" " + batch.videos[v].questions[q].target, add_special_tokens=False)[
                 "input_ids"
             ]
@@ -267,7 +315,14 @@ class VideoLLMForTraining(nn.Module):
             inputs[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
             label_batch[i, : s.shape[0]] = lab
-        out = model.lm(inputs_embeds=inputs, attention_mask=mask, labels=label_batch, use_cache=False)
+        relevance = self.relevance_head is not None
+        out = model.lm(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            labels=label_batch,
+            use_cache=False,
+            output_hidden_states=relevance,
+        )
         with torch.no_grad():
             predicted = out.logits[:, :-1].argmax(-1)
             target = label_batch[:, 1:]
@@ -281,7 +336,31 @@ class VideoLLMForTraining(nn.Module):
             "seq_len": length,
             "layout": batch.layout_name,
         }
-        return out.loss, metrics
+        loss = out.loss
+        if relevance:
+            layer = min(self.relevance_layer, len(out.hidden_states) - 1)
+            relevance_loss, relevance_acc = self._relevance_loss(batch, layouts, out.hidden_states[layer])
+            loss = loss + self.relevance_weight * relevance_loss
+            metrics.update(relevance_loss=float(relevance_loss.detach()), relevance_acc=relevance_acc)
+        return loss, metrics
+
+
+def _visual_positions(embeds: torch.Tensor, visual: torch.Tensor) -> list[int]:
+    """Rows of ``embeds`` that are the projected visual tokens ``visual``, in order.
+
+    ``_layout`` places the projector's output rows, in order, between text embeddings; matching
+    them row by row finds them whatever the text around them is.
+    """
+    rows = embeds.detach().float().cpu().numpy()
+    wanted = visual.detach().to(embeds.dtype).float().cpu().numpy()
+    positions, k = [], 0
+    for i, row in enumerate(rows):
+        if k < len(wanted) and np.array_equal(row, wanted[k]):
+            positions.append(i)
+            k += 1
+    if k != len(wanted):
+        raise RuntimeError(f"found {k} of the {len(wanted)} visual tokens in the LM input")
+    return positions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -651,7 +730,12 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
 
     torch.manual_seed(preset.seed + 1)
     model = build_video_llm(preset, tokenizer, dual)
-    wrapper = VideoLLMForTraining(model, freeze_tower_bn=preset.video.freeze_tower_bn)
+    wrapper = VideoLLMForTraining(
+        model,
+        freeze_tower_bn=preset.video.freeze_tower_bn,
+        relevance_weight=preset.video.relevance_loss_weight,
+        relevance_layer=preset.video.relevance_layer,
+    )
     results["video"] = run_stage(
         video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
     )
