@@ -126,8 +126,12 @@ class DRNet(PatchTokensMixin, nn.Module):
             if num_classes is not None:
                 backbone_kwargs["num_classes"] = num_classes
             backbone = _create_backbone(backbone, in_chans=in_chans, **backbone_kwargs)
-        elif backbone_kwargs or num_classes is not None:
-            raise ValueError("num_classes / backbone kwargs apply only when the backbone is given by name")
+        else:
+            if backbone_kwargs or num_classes is not None:
+                raise ValueError(
+                    "num_classes / backbone kwargs apply only when the backbone is given by name"
+                )
+            in_chans = getattr(backbone, "in_chans", in_chans)  # the predictor sees the same images
         self.resolutions = tuple(int(r) for r in resolutions)
         if list(self.resolutions) != sorted(self.resolutions, reverse=True) or len(set(self.resolutions)) < 2:
             raise ValueError(f"resolutions must be at least two sizes, largest first; got {self.resolutions}")

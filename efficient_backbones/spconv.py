@@ -100,6 +100,10 @@ class SPConvResNet(PatchTokensMixin, ResNet):
         super().__init__(SPBottleneck, layers, block_args=block_args, **kwargs)
         self.alpha = alpha
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Official checkpoints (saved from ``nn.DataParallel``) carry a ``module.`` prefix; drop it."""

@@ -209,6 +209,15 @@ def test_backbone_checkpoint_loads_through_the_filter(tmp_path) -> None:
     assert checkpoint_filter_fn(model.state_dict(), model).keys() == model.state_dict().keys()
 
 
+def test_predictor_takes_the_backbone_input_channels() -> None:
+    model = DRNet(
+        eb.create_model("tinynet_e", num_classes=3, in_chans=1), resolutions=(32, 16), predictor_size=16
+    )
+    assert model.resolution_macs()[0] > model.resolution_macs()[1]
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
 def test_wraps_other_families() -> None:
     for name in ("spconv_resnet50", "ghostnet_050"):
         if not eb.is_model(name):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_testing import perturb_batchnorm_
 from safetensors.torch import save_file
 from torch import nn
 
@@ -23,18 +24,6 @@ from efficient_backbones.layers.spconv import SPConv2d
 from efficient_backbones.spconv import SPBottleneck, checkpoint_filter_fn
 
 MANIFEST = Path(eb.__file__).parent / "manifests" / "spconv_resnet50.json"
-
-
-def _randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(0.0, 0.1, generator=gen)
-    return module
 
 
 def _from_the_equations(layer: SPConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +53,7 @@ def _from_the_equations(layer: SPConv2d, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(("stride", "size"), [(1, 8), (2, 8), (2, 7)])
 def test_layer_equals_the_equations(stride: int, size: int) -> None:
     torch.manual_seed(0)
-    layer = _randomize_bn(SPConv2d(16, 12, stride=stride)).eval()
+    layer = perturb_batchnorm_(SPConv2d(16, 12, stride=stride)).eval()
     x = torch.randn(2, 16, size, size)
     with torch.no_grad():
         out = layer(x)

@@ -8,6 +8,7 @@ import re
 import pytest
 import timm
 import torch
+from backbone_testing import perturb_batchnorm_
 from torch import nn
 
 import efficient_backbones as eb
@@ -16,18 +17,6 @@ from efficient_backbones.layers.conv_bn import conv_bn, fold_conv_bn
 from efficient_backbones.tinynet import TINYNET_CFGS, TinyNet
 
 VARIANTS = eb.list_models("tinynet_*")
-
-
-def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics, so eval-mode checks exercise them."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
 
 
 def test_registry_has_all_five() -> None:
@@ -47,7 +36,7 @@ def test_scaling_and_input_size_follow_the_paper(name: str) -> None:
 def test_matches_timm_keys_shapes_logits_and_features(name: str) -> None:
     torch.manual_seed(0)
     ref = timm.create_model(name).eval()
-    _randomize_bn(ref)
+    perturb_batchnorm_(ref)
     ours = eb.create_model(name).eval()
     ref_sd, our_sd = ref.state_dict(), ours.state_dict()
     assert list(our_sd) == list(ref_sd)
@@ -99,7 +88,7 @@ class TestConvBnFolding:
     def _pair(self) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
         torch.manual_seed(0)
         conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6)
-        _randomize_bn(bn)
+        perturb_batchnorm_(bn)
         return conv, bn.eval()
 
     def test_equals_unfolded_in_eval_and_is_bn_in_train(self) -> None:
