@@ -83,6 +83,17 @@ def _add_suite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="also write the table as markdown here")
 
 
+def _add_synthetic_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="bundled model name or model directory")
+    parser.add_argument(
+        "--data-root", default="outputs/synthetic_test", help="the test split (written if missing)"
+    )
+    parser.add_argument("--output-dir", default="outputs/eval/default_model")
+    parser.add_argument("--limit", type=int, default=1000, help="questions of the main runs")
+    parser.add_argument("--sweep-limit", type=int, default=300, help="questions of each sweep run")
+    parser.add_argument("--budgets", default="64,128,256,512,1024", help="the sweep's token budgets")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands, on ``parser`` (``python -m eval``'s own, or ``vidllm eval``'s)."""
     sub = parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
@@ -92,6 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_image_cls(sub.add_parser("image-cls", help="image classification: top-1/5, params, MACs, images/s"))
     _add_suite(
         sub.add_parser("image-cls-suite", help="fine-tune the zoo's small models on digits; print the table")
+    )
+    _add_synthetic_report(
+        sub.add_parser(
+            "synthetic-report", help="a model on the synthetic test split: accuracy, reducers, token sweep"
+        )
     )
 
 
@@ -247,8 +263,29 @@ def run_suite_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_synthetic_report_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from eval.sweep import parse_budgets
+    from eval.synthetic_report import run_report
+
+    output_dir = Path(args.output_dir)
+    run_report(
+        args.model,
+        Path(args.data_root),
+        output_dir,
+        args.limit,
+        args.sweep_limit,
+        parse_budgets(args.budgets),
+    )
+    print((output_dir / "report.md").read_text())
+    print((output_dir / "sweep" / "sweep.md").read_text())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     handlers = {
+        "synthetic-report": run_synthetic_report_command,
         "video-qa": run_video_qa_command,
         "tasks": run_tasks_command,
         "image-cls": run_image_cls_command,

@@ -374,6 +374,31 @@ def test_budget_sweep_writes_table_and_plot(model_dir, model, synthetic_root, tm
         sweep.parse_budgets("0,64")
 
 
+def test_synthetic_report_figures_come_from_the_runs(model_dir, model, synthetic_root, tmp_path, monkeypatch):
+    import eval.synthetic_report as report_module
+
+    monkeypatch.setattr(report_module, "load_model", lambda config, device=None: model)
+    out = tmp_path / "report"
+    report = report_module.run_report(str(model_dir), synthetic_root, out, 6, 4, [32])
+    samples = {k: read_records(out / k / "samples.jsonl") for k in ("free-video-llm", "uniform", "full")}
+    assert all(len(v) == 6 for v in samples.values())
+    correct = [r["correct"] for r in samples["free-video-llm"]]
+    assert report["accuracy"]["value"] == sum(correct) / len(correct)
+    hard = [r for r in samples["free-video-llm"] if r["group"]["short_lived"] or r["group"]["small"]]
+    assert report["short_lived_or_small"]["free-video-llm"]["n"] == len(hard)
+    tokens = report["visual_tokens"]
+    assert report["token_share"] == tokens["free-video-llm"] / tokens["full"]
+    assert tokens["uniform"] <= tokens["free-video-llm"] < tokens["full"]  # uniform: the same budget
+    assert set(report["per_template"]) == {r["group"]["template"] for r in samples["free-video-llm"]}
+    text = (out / "report.md").read_text()
+    assert "short-lived or small" in text
+    assert "| template | accuracy |" in text
+    rows = (out / "sweep" / "sweep.csv").read_text().splitlines()[1:]
+    assert len(rows) == 5  # the default, uniform at its budget, full tokens, both reducers at 32
+    assert all(",ok," in row and ",4," in row for row in rows)  # every point on the first 4 questions
+    assert (out / "sweep" / "sweep.png").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # command lines
 # ----------------------------------------------------------------------------------------------
