@@ -252,8 +252,8 @@ DEFAULT = Preset(
     name="default",
     description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
     model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER),
-    scorer=ScorerStageSpec(steps=300),
-    video=VideoStageSpec(steps=2000, reducer_mix=DEFAULT_MIX),
+    scorer=ScorerStageSpec(steps=2000),
+    video=VideoStageSpec(steps=4000, reducer_mix=DEFAULT_MIX),
     lora=LoRAStageSpec(steps=0),
 )
 
@@ -263,7 +263,8 @@ PARAMETERNET = Preset(
     model=ModelSpec(
         lm={**DEFAULT_LM, "ffn_type": "parameternet", "num_parameternet_experts": 4}, reducer=DEFAULT_REDUCER
     ),
-    video=VideoStageSpec(reducer_mix=DEFAULT_MIX),
+    scorer=copy.deepcopy(DEFAULT.scorer),
+    video=copy.deepcopy(DEFAULT.video),
 )
 
 SMOKE = Preset(
