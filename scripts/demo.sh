@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job: answer a question about a bundled example clip with the bundled default model.
-# (Once the Gradio demo lands, this launches it: `vidllm demo`.)
+# The main job: the Gradio demo on the bundled default model, http://127.0.0.1:7860 (offline).
+# Flags go to `vidllm demo` (for example --port 7861, --model PATH, --backend vllm).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-clip="$root/vidllm/assets/examples/videos/synthetic_validation_00002.mp4"
-exec "$root/.venv/bin/vidllm" answer "$clip" "What color is the circle?" "$@"
+export GRADIO_ANALYTICS_ENABLED=False
+exec "$root/.venv/bin/vidllm" demo "$@"

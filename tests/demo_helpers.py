@@ -36,9 +36,17 @@ def save_tiny_model(directory: Path) -> Path:
 
 
 class DemoServer:
-    """``python app.py --model MODEL --port PORT ...`` and a way to reach it."""
+    """``python app.py --model MODEL --port PORT ...`` (or another ``launcher`` taking the same
+    flags, such as ``scripts/demo.sh``) and a way to reach it."""
 
-    def __init__(self, model: str | Path, workdir: Path, *extra_args: str, timeout: float = 600.0):
+    def __init__(
+        self,
+        model: str | Path,
+        workdir: Path,
+        *extra_args: str,
+        timeout: float = 600.0,
+        launcher: list[str] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = workdir / f"demo-{self.port}.log"
@@ -47,7 +55,8 @@ class DemoServer:
             "GRADIO_TEMP_DIR": str(workdir / "gradio-uploads"),
             "MPLCONFIGDIR": str(workdir / "matplotlib"),
         }
-        command = [sys.executable, str(ROOT / "app.py"), "--model", str(model), "--port", str(self.port)]
+        launcher = launcher or [sys.executable, str(ROOT / "app.py")]
+        command = [*launcher, "--model", str(model), "--port", str(self.port)]
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [*command, *extra_args], stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT

@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
-from demo_helpers import HAS_DEFAULT_MODEL, NO_DEFAULT_MODEL, DemoServer, save_tiny_model
+from demo_helpers import HAS_DEFAULT_MODEL, NO_DEFAULT_MODEL, ROOT, DemoServer, save_tiny_model
 
 from vidllm.demo import DemoConfig, DemoError, ModelPool, RequestSettings, bundled_examples, run_request
 from vidllm.demo.core import answer_all
@@ -339,25 +339,37 @@ def test_ten_clients_at_once(server, library_answer):
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
+    """The README's main job, ``scripts/demo.sh`` (what ``make demo`` runs), on the default model."""
     if not HAS_DEFAULT_MODEL:
         pytest.skip(NO_DEFAULT_MODEL)
-    app = DemoServer("default", tmp_path_factory.mktemp("demo-default"))
+    if not (ROOT / ".venv" / "bin" / "vidllm").exists():
+        pytest.skip("scripts/demo.sh runs .venv/bin/vidllm; make the environment with scripts/setup_env.sh")
+    app = DemoServer(
+        "default", tmp_path_factory.mktemp("demo-default"), launcher=[str(ROOT / "scripts" / "demo.sh")]
+    )
     yield app
     app.stop()
 
 
-@pytest.mark.parametrize("example", synthetic_examples(), ids=lambda e: e.question_id)
-def test_default_model_gives_the_expected_answers(default_server, example):
-    from gradio_client import handle_file
+@pytest.fixture(scope="module")
+def default_library():
+    import vidllm
 
-    from eval.metrics import normalized_match
+    return vidllm.load("default", device="cpu")
+
+
+@pytest.mark.parametrize("example", synthetic_examples(), ids=lambda e: e.question_id)
+def test_default_model_demo_gives_the_library_answer(default_server, default_library, example):
+    """Through ``make demo``'s script and ``gradio_client``, each bundled example gets the answer
+    the library gives. (Whether that is the expected answer is the model's accuracy: the v0 default
+    model gets 3 of these 12 right; ``python -m eval synthetic-report`` measures it on 1,000.)"""
+    from gradio_client import handle_file
 
     text = default_server.client().predict(
         handle_file(str(example.video)), example.question, api_name="/answer"
     )
-    assert normalized_match(text, example.answer), (
-        f"{example.question!r}: {text!r}, expected {example.answer!r}"
-    )
+    assert text.strip()
+    assert text == default_library.answer(str(example.video), example.question).text
 
 
 # -- the vLLM backend, chosen on the page ----------------------------------------------------------
