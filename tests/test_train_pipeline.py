@@ -225,3 +225,16 @@ def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
         loss, metrics = wrapper(batch)
     assert torch.isfinite(loss)
     assert 0.0 <= metrics["relevance_acc"] <= 1.0
+
+
+def test_video_stage_optimises_every_trainable_parameter(smoke_run):
+    """The relevance head lives on the training wrapper, not on the VideoLLM: it must train too."""
+    from vidllm.model import VideoLLM
+
+    model = VideoLLM.from_pretrained(smoke_run.model_dir)
+    wrapper = VideoLLMForTraining(model, relevance_weight=1.0, relevance_layer=1)
+    stage = video_stage(get_preset("smoke"), wrapper)
+    optimised = {id(p) for group in stage.param_groups for p in group["params"]}
+    trainable = {id(p) for p in wrapper.parameters() if p.requires_grad}
+    assert optimised == trainable
+    assert {id(p) for p in wrapper.relevance_head.parameters()} <= optimised

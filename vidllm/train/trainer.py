@@ -426,7 +426,10 @@ def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
     """Stage 2: everything but the scorer, tower at its own learning rate."""
     spec = preset.video
     model = wrapper.model
-    rest = [(n, p) for n, p in model.named_parameters() if not n.startswith(("tower.", "scorer."))]
+    # the wrapper's own parameters (the relevance head) train with the LM
+    rest = [
+        (n, p) for n, p in wrapper.named_parameters() if not n.startswith(("model.tower.", "model.scorer."))
+    ]
     groups = [
         *decay_groups(rest, spec.lr, spec.weight_decay),
         *decay_groups(model.tower.named_parameters(), spec.tower_lr, spec.weight_decay),
@@ -455,7 +458,7 @@ def lora_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
     model.tower.requires_grad_(False)
     model.projector.requires_grad_(spec.train_projector)
     model.lm = apply_lora(model.lm, r=spec.r, lora_alpha=spec.alpha)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in wrapper.parameters() if p.requires_grad]
     batch_fn = make_video_batch_fn(model, preset, spec, mix=preset.video.reducer_mix, stage_seed=3)
     return Stage(
         name="lora",
