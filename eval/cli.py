@@ -266,18 +266,20 @@ def run_suite_command(args: argparse.Namespace) -> int:
 def run_synthetic_report_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from eval.runner import IncompleteRunError
     from eval.sweep import parse_budgets
     from eval.synthetic_report import run_report
 
     output_dir = Path(args.output_dir)
-    run_report(
-        args.model,
-        Path(args.data_root),
-        output_dir,
-        args.limit,
-        args.sweep_limit,
-        parse_budgets(args.budgets),
-    )
+    try:
+        budgets = parse_budgets(args.budgets)
+        run_report(args.model, Path(args.data_root), output_dir, args.limit, args.sweep_limit, budgets)
+    except IncompleteRunError as exc:
+        print(f"eval synthetic-report: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"eval synthetic-report: {exc}", file=sys.stderr)
+        return 2
     print((output_dir / "report.md").read_text())
     print((output_dir / "sweep" / "sweep.md").read_text())
     return 0

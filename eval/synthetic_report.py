@@ -126,15 +126,15 @@ def format_report(report: dict[str, Any], model: str) -> str:
 def run_report(
     model_name: str, data_root: Path, output_dir: Path, limit: int, sweep_limit: int, budgets: list[int]
 ) -> dict[str, Any]:
+    info = process_info()
+    task = get_task(TASK)
+    base = VideoQAConfig(task=TASK, output_dir="", model=model_name, data_root=str(data_root), progress=False)
+    model = load_model(base, info.device)  # first: a wrong model fails before the split is written
     if not (data_root / "manifest.json").exists():
         from vidllm.data.synthetic import write_split
 
         logger.info("writing the test split to %s", data_root)
         write_split(data_root, "test")
-    info = process_info()
-    task = get_task(TASK)
-    base = VideoQAConfig(task=TASK, output_dir="", model=model_name, data_root=str(data_root), progress=False)
-    model = load_model(base, info.device)
     h, w = model.tower.grid
     full_budget = model.config.reducer_config().num_frames * h * w
     runs = {

@@ -442,6 +442,18 @@ def test_cli_reports_bad_requests(tmp_path, capsys):
         == 2
     )
     assert "is not a directory" in capsys.readouterr().err
+    report = [
+        "synthetic-report",
+        "--output-dir",
+        str(tmp_path / "report"),
+        "--data-root",
+        str(tmp_path / "split"),
+    ]
+    assert main([*report, "--budgets", "0,64"]) == 2
+    assert "positive token counts" in capsys.readouterr().err
+    assert main([*report, "--model", str(tmp_path / "no-model")]) == 2
+    assert "no model" in capsys.readouterr().err
+    assert not (tmp_path / "split").exists()  # nothing written for a model that does not load
 
 
 def test_two_accelerate_processes_give_the_single_process_metrics(reference, tmp_path):
