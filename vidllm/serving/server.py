@@ -321,25 +321,30 @@ def create_app(model, config: ServerConfig):
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_request_bytes:
-            raise RequestError(
-                413,
-                f"the request is {declared} bytes; the limit is {config.max_request_bytes}",
-                "request_too_large",
-            )
+        over = declared is not None and declared.isdigit() and int(declared) > config.max_request_bytes
         chunks, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > config.max_request_bytes:
-                    raise RequestError(
-                        413,
-                        f"the request is over the limit of {config.max_request_bytes} bytes",
-                        "request_too_large",
-                    )
-                chunks.append(chunk)
+                over = over or size > config.max_request_bytes
+                if not over:
+                    chunks.append(chunk)
+                elif size > 4 * config.max_request_bytes:
+                    break
+                # An over-limit body is read and dropped (up to 4x the limit): a client that sends
+                # its whole body before reading the reply (urllib, requests) then gets the 413,
+                # not a connection reset from a server that closed with unread data.
         except ClientDisconnect as exc:
-            raise RequestError(400, "the client disconnected during the request") from exc
+            if not over:
+                raise RequestError(400, "the client disconnected during the request") from exc
+        if over:
+            raise RequestError(
+                413,
+                f"the request is {declared} bytes; the limit is {config.max_request_bytes}"
+                if declared is not None and declared.isdigit()
+                else f"the request is over the limit of {config.max_request_bytes} bytes",
+                "request_too_large",
+            )
         return b"".join(chunks)
 
     def start(request: ChatRequest) -> Iterator[str]:
