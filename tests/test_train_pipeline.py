@@ -220,7 +220,7 @@ def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
     with torch.no_grad():
         layouts = wrapper.layouts(batch)
         for embeds, positions, reduction in layouts.values():
-            visual = model.projector(torch.cat([s.tokens for s in reduction.segments]))
+            visual = model.project(reduction, num_frames)
             torch.testing.assert_close(embeds[positions], visual)
         loss, metrics = wrapper(batch)
     assert torch.isfinite(loss)

@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vidllm.reducer import (
     ReducerConfig,
     Reduction,
+    Segment,
     UniformConfig,
     config_for_budget,
     plan,
@@ -73,6 +75,12 @@ class VideoLLMConfig:
     max_question_chars: int = 1000
     max_new_tokens: int = 16
     decode_max_side: int | None = 512  # frames are decoded no larger than this (the tower resizes anyway)
+    # Add where and when each visual token is (:class:`VisualPositions`) to its projection; hub
+    # models (LLaVA-family) have no such table and leave it off.
+    visual_positions: bool = False
+    # Add the scorer's question relevance of each visual token (:class:`VisualRelevance`); the
+    # uniform reducer then scores the frames too (what it keeps does not change).
+    relevance_inputs: bool = False
 
     def reducer_config(self) -> ReducerConfig:
         return ReducerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.reducer.items()})
@@ -151,6 +159,97 @@ def _as_frames(
     return video.frames, [int(i) for i in video.indices], [float(t) for t in video.timestamps]
 
 
+class VisualPositions(nn.Module):
+    """Where and when each visual token is, added to its projection.
+
+    A token's cell (its centre and size, as fractions of the frame: RoI crops and pooled grids
+    say where their cells really are) and its frame's place among the sampled frames (0 to 1)
+    go through Fourier features (NeRF's encoding, ``sin``/``cos`` at ``num_bands`` octaves) and
+    a linear map to the LM's width. Without it a token's place in the frame is only its place in
+    the row-major sequence, which a small LM trained from scratch learns to read late, if at
+    all; questions about motion and order need it. The map starts at zero, so a model starts
+    exactly as one without positions.
+    """
+
+    num_coordinates = 5  # x centre, y centre, width, height, time
+
+    def __init__(self, hidden: int, num_bands: int = 6) -> None:
+        super().__init__()
+        self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(num_bands), persistent=False)
+        self.proj = nn.Linear(self.num_coordinates * (1 + 2 * num_bands), hidden)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    @staticmethod
+    def coordinates(segments: Sequence[Segment], num_frames: int) -> torch.Tensor:
+        """``(N, 5)`` cell centre x, y, cell width, height and time of every token of ``segments``."""
+        rows = []
+        for segment in segments:
+            x0, y0, x1, y1 = segment.box or (0.0, 0.0, 1.0, 1.0)
+            gh, gw = segment.grid
+            cy, cx = torch.meshgrid(
+                (torch.arange(gh) + 0.5) / gh, (torch.arange(gw) + 0.5) / gw, indexing="ij"
+            )
+            time = segment.frame / max(num_frames - 1, 1)
+            rows.append(
+                torch.stack(
+                    [
+                        x0 + cx.flatten() * (x1 - x0),
+                        y0 + cy.flatten() * (y1 - y0),
+                        torch.full((gh * gw,), (x1 - x0) / gw),
+                        torch.full((gh * gw,), (y1 - y0) / gh),
+                        torch.full((gh * gw,), time),
+                    ],
+                    dim=1,
+                )
+            )
+        return torch.cat(rows)
+
+    def forward(self, coordinates: torch.Tensor) -> torch.Tensor:
+        coordinates = coordinates.to(self.frequencies.device, torch.float32)
+        angles = coordinates[..., None] * self.frequencies
+        features = torch.cat([coordinates[..., None], angles.sin(), angles.cos()], dim=-1).flatten(-2)
+        return self.proj(features.to(self.proj.weight.dtype))
+
+
+class VisualRelevance(nn.Module):
+    """The relevance scorer's say on each visual token, added to its projection.
+
+    The scorer already knows which patches show what the question asks about (it chose the
+    frames and regions); a small LM trained from scratch otherwise has to relearn that from the
+    answers alone. Each token gets its frame's patch relevance at its cell centre (bilinear, so
+    RoI crops and pooled grids read the map where their cells are), standardised over the whole
+    video (cosine scores differ in scale between questions), through a small MLP whose output
+    layer starts at zero.
+    """
+
+    def __init__(self, hidden: int, width: int = 32) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, width), nn.GELU(), nn.Linear(width, hidden))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    @staticmethod
+    def sample(reduction: Reduction, coordinates: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` standardised patch relevance at each token's cell centre."""
+        if reduction.patch_scores is None:
+            raise ValueError("this model reads the scorer's patch relevance; the reduction has none")
+        maps = reduction.patch_scores.float()
+        maps = (maps - maps.mean()) / maps.std().clamp_min(1e-6)
+        frames = torch.cat(
+            [torch.full((s.tokens.shape[0],), s.frame, dtype=torch.long) for s in reduction.segments]
+        ).to(maps.device)
+        points = (coordinates[:, :2].to(maps.device) * 2 - 1)[:, None, None, :]  # grid_sample's [-1, 1]
+        sampled = F.grid_sample(
+            maps[frames, None], points, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        return sampled.flatten()
+
+    def forward(self, relevance: torch.Tensor) -> torch.Tensor:
+        weight = self.mlp[0].weight
+        return self.mlp(relevance[:, None].to(weight.device, weight.dtype))
+
+
 class VideoLLM(nn.Module):
     """A vision tower, the token reducer, a projector and a causal LM, answering questions about videos."""
 
@@ -165,6 +264,8 @@ class VideoLLM(nn.Module):
         hidden = lm.get_input_embeddings().embedding_dim
         mid = config.projector_hidden or hidden
         self.projector = nn.Sequential(nn.Linear(tower.hidden_size, mid), nn.GELU(), nn.Linear(mid, hidden))
+        self.positions = VisualPositions(hidden) if config.visual_positions else None
+        self.relevance = VisualRelevance(hidden) if config.relevance_inputs else None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -289,18 +390,19 @@ class VideoLLM(nn.Module):
         with _Timer(timings, "encode"):
             features = self.tower.encode(frames).to(self.device)
         if isinstance(config, UniformConfig):
+            scores = (None, None)
+            if self.relevance is not None:
+                with _Timer(timings, "score"):
+                    scores = self._score(frames, question)
             with _Timer(timings, "reduce"):
-                reduction = reduce_uniform(features, config)
+                reduction = reduce_uniform(features, config, *scores)
         else:
-            if self.scorer is None:
-                raise RuntimeError("the free-video-llm reducer needs a relevance scorer; this model has none")
             with _Timer(timings, "score"):
-                frame_scores, patch_scores = self.scorer.score(frames, question)
+                scores = self._score(frames, question)
             with _Timer(timings, "reduce"):
                 reduction = reduce_free_video_llm(
                     features,
-                    frame_scores.to(self.device),
-                    patch_scores.to(self.device),
+                    *scores,
                     config,
                     reencode=lambda f, box: self.tower.encode_crop(frames[f : f + 1], [box])[0].to(
                         self.device
@@ -318,6 +420,13 @@ class VideoLLM(nn.Module):
             timings=timings,
         )
 
+    def _score(self, frames: torch.Tensor, question: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T,)`` frame and ``(T, hs, ws)`` patch relevance of ``frames`` to ``question``."""
+        if self.scorer is None:
+            raise RuntimeError("the free-video-llm reducer needs a relevance scorer; this model has none")
+        frame_scores, patch_scores = self.scorer.score(frames, question)
+        return frame_scores.to(self.device), patch_scores.to(self.device)
+
     def _layout(self, reduction: Reduction, timestamps: Sequence[float], question: str) -> torch.Tensor:
         """Input embeddings of the prompt template with the video in place of ``{video}``.
 
@@ -327,16 +436,34 @@ class VideoLLM(nn.Module):
         order, to keep the overhead at one token a frame) and its visual tokens; then
         ``<|video_end|>``.
         """
+        return self.layout(reduction, timestamps, question)[0]
+
+    def project(self, reduction: Reduction, num_frames: int) -> torch.Tensor:
+        """The reduction's visual tokens in the LM's embedding space, ``(N, H)`` in segment order."""
+        tokens = torch.cat([s.tokens for s in reduction.segments]).to(self.projector[0].weight.dtype)
+        visual = self.projector(tokens.to(self.device))
+        if self.positions is None and self.relevance is None:
+            return visual
+        coordinates = VisualPositions.coordinates(reduction.segments, num_frames)
+        if self.positions is not None:
+            visual = visual + self.positions(coordinates)
+        if self.relevance is not None:
+            visual = visual + self.relevance(VisualRelevance.sample(reduction, coordinates))
+        return visual
+
+    def layout(
+        self, reduction: Reduction, timestamps: Sequence[float], question: str
+    ) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`_layout`'s embeddings ``(L, H)`` and the rows of them that are visual tokens."""
         before, after = self.config.prompt_template.split("{video}")
         # ``{question}`` may also come before the video (then a causal LM's visual tokens can
         # attend to it); the text before the video has no other field, so a plain replace.
         before = before.replace("{question}", question)
         text_ids = self.tokenizer(before, add_special_tokens=True)["input_ids"]
         pieces: list[torch.Tensor | list[int]] = [[*text_ids, self.marker_ids["start"]]]
-        visual = self.projector(
-            torch.cat([s.tokens for s in reduction.segments]).to(self.projector[0].weight.dtype)
-        )
-        offset, path = 0, None
+        visual = self.project(reduction, len(timestamps))
+        positions: list[int] = []
+        length, offset, path = len(pieces[0]), 0, None
         for segment in reduction.segments:
             ids = [] if segment.path == path else [self.marker_ids[segment.path]]
             path = segment.path
@@ -346,15 +473,19 @@ class VideoLLM(nn.Module):
                     "input_ids"
                 ]
             pieces.append(ids)
+            length += len(ids)
             n = segment.tokens.shape[0]
             pieces.append(visual[offset : offset + n])
+            positions.extend(range(length, length + n))
             offset += n
+            length += n
         tail = self.tokenizer(after.format(question=question), add_special_tokens=False)["input_ids"]
         pieces.append([self.marker_ids["end"], *tail])
         embed = self.lm.get_input_embeddings()
-        return torch.cat(
+        embeds = torch.cat(
             [p if isinstance(p, torch.Tensor) else embed(torch.tensor(p, device=self.device)) for p in pieces]
         )
+        return embeds, positions
 
     def _answer_from(self, prepared: PreparedInput, text: str, timings: dict[str, float]) -> Answer:
         reduction = prepared.reduction

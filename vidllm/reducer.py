@@ -265,6 +265,7 @@ class Reduction:
     segments: list[Segment]
     config: ReducerConfig | UniformConfig
     frame_scores: torch.Tensor | None = None  # question relevance per sampled frame
+    patch_scores: torch.Tensor | None = None  # (N, hs, ws) question relevance per patch, if scored
 
     @property
     def num_tokens(self) -> int:
@@ -333,14 +334,23 @@ def uniform_frames(num_frames: int, count: int) -> list[int]:
     return sorted({int((i + 0.5) * num_frames / count) for i in range(count)})
 
 
-def reduce_uniform(features: torch.Tensor, config: UniformConfig) -> Reduction:
-    """The baseline on tower features ``(N, h, w, C)``."""
+def reduce_uniform(
+    features: torch.Tensor,
+    config: UniformConfig,
+    frame_scores: torch.Tensor | None = None,
+    patch_scores: torch.Tensor | None = None,
+) -> Reduction:
+    """The baseline on tower features ``(N, h, w, C)``.
+
+    Scores, when given, do not change what is kept; they travel with the reduction for models that
+    read them (``VideoLLMConfig.relevance_inputs``).
+    """
     frames = uniform_frames(features.shape[0], config.num_frames)
     pooled = max_pool_width(features[frames], config.pool_stride)
     segments = [
         Segment("uniform", f, pooled[i].flatten(0, 1), tuple(pooled.shape[1:3])) for i, f in enumerate(frames)
     ]
-    return Reduction(segments, config)
+    return Reduction(segments, config, frame_scores, patch_scores)
 
 
 def reduce_free_video_llm(
@@ -396,7 +406,7 @@ def reduce_free_video_llm(
     if fast_hw[0] and fast_hw[1]:
         fast = adaptive_pool(features, fast_hw)
         segments.extend(Segment("fast", f, fast[f].flatten(0, 1), fast_hw) for f in range(n))
-    return Reduction(segments, config, frame_scores)
+    return Reduction(segments, config, frame_scores, patch_scores)
 
 
 REDUCERS = ("free-video-llm", "uniform")

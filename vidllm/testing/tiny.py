@@ -130,6 +130,8 @@ def tiny_video_llm(
     num_frames: int = 8,
     reducer: dict[str, Any] | None = None,
     lm_overrides: dict[str, Any] | None = None,
+    visual_positions: bool = False,
+    relevance_inputs: bool = False,
 ):
     """A tiny :class:`vidllm.model.VideoLLM` (random weights, deterministic per ``seed``).
 
@@ -149,5 +151,12 @@ def tiny_video_llm(
     tokenizer = word_tokenizer()
     lm = tiny_lm(len(tokenizer), lm_kind, tokenizer=tokenizer, **(lm_overrides or {}))
     reducer = reducer or {"num_frames": num_frames, "slow_frames": 2, "middle_frames": 2, "fast_grid": [2, 2]}
-    config = VideoLLMConfig(tower=tower.to_spec(), scorer=scorer.to_spec(), reducer=reducer, max_new_tokens=4)
+    config = VideoLLMConfig(
+        tower=tower.to_spec(),
+        scorer=scorer.to_spec(),
+        reducer=reducer,
+        max_new_tokens=4,
+        visual_positions=visual_positions,
+        relevance_inputs=relevance_inputs,
+    )
     return VideoLLM(config, tower, lm, tokenizer, scorer).eval()

@@ -51,6 +51,8 @@ class ModelSpec:
     lm: dict[str, Any] = field(default_factory=dict)  # VidLMConfig fields besides the vocabulary
     reducer: dict[str, Any] = field(default_factory=dict)  # ReducerConfig fields
     projector_hidden: int | None = None
+    visual_positions: bool = True  # vidllm.model.VisualPositions
+    relevance_inputs: bool = True  # vidllm.model.VisualRelevance
     max_new_tokens: int = 8
     # The question before the video as well as after it: a causal LM's visual tokens can then
     # attend to it, so each can tell whether it shows what is asked about (for a small LM
@@ -253,7 +255,10 @@ DEFAULT = Preset(
     description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
     model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER),
     scorer=ScorerStageSpec(steps=2000),
-    video=VideoStageSpec(steps=4000, reducer_mix=DEFAULT_MIX),
+    # v0 (4,000 steps, no visual positions or relevance inputs, relevance head untrained by a
+    # bug) sat at the answer priors for ~2,000 steps before it began to read the video; v1 gives
+    # each visual token its place, time and the scorer's relevance, and trains 5,000 steps.
+    video=VideoStageSpec(steps=5000, reducer_mix=DEFAULT_MIX),
     lora=LoRAStageSpec(steps=0),
 )
 

@@ -112,6 +112,8 @@ def build_video_llm(preset: Preset, tokenizer, dual_encoder, *, train_tower: boo
         scorer=scorer.to_spec(),
         reducer=dict(spec.reducer),
         projector_hidden=spec.projector_hidden,
+        visual_positions=spec.visual_positions,
+        relevance_inputs=spec.relevance_inputs,
         max_new_tokens=spec.max_new_tokens,
         prompt_template=spec.prompt_template,
     )
@@ -211,7 +213,10 @@ class VideoLLMForTraining(nn.Module):
         """The reducer's output per selected question; RoI crops are encoded in one batch."""
         layout = batch.layout
         if isinstance(layout, UniformConfig):
-            return {key: reduce_uniform(features[key[0]], layout) for key in prompts}
+            if self.model.relevance is None:
+                return {key: reduce_uniform(features[key[0]], layout) for key in prompts}
+            scores = self._scores(batch, sorted(features), prompts)
+            return {key: reduce_uniform(features[key[0]], layout, *scores[key]) for key in prompts}
         scores = self._scores(batch, sorted(features), prompts)
         tower = self.model.tower
         crops: dict[tuple, torch.Tensor] = {}
@@ -249,14 +254,9 @@ class VideoLLMForTraining(nn.Module):
         features = self._features(batch, used)
         reductions = self._reductions(batch, features, prompts)
         out = {}
-        captured: list[torch.Tensor] = []
-        hook = model.projector.register_forward_hook(lambda module, args, output: captured.append(output))
-        try:
-            for v, q in batch.selected:
-                embeds = model._layout(reductions[v, q], batch.videos[v].timestamps, prompts[v, q])
-                out[v, q] = (embeds, _visual_positions(embeds, captured.pop()), reductions[v, q])
-        finally:
-            hook.remove()
+        for v, q in batch.selected:
+            embeds, positions = model.layout(reductions[v, q], batch.videos[v].timestamps, prompts[v, q])
+            out[v, q] = (embeds, positions, reductions[v, q])
         return out
 
     def prompt_embeds(self, batch: VideoStepBatch) -> dict[tuple[int, int], torch.Tensor]:
@@ -343,24 +343,6 @@ class VideoLLMForTraining(nn.Module):
             loss = loss + self.relevance_weight * relevance_loss
             metrics.update(relevance_loss=float(relevance_loss.detach()), relevance_acc=relevance_acc)
         return loss, metrics
-
-
-def _visual_positions(embeds: torch.Tensor, visual: torch.Tensor) -> list[int]:
-    """Rows of ``embeds`` that are the projected visual tokens ``visual``, in order.
-
-    ``_layout`` places the projector's output rows, in order, between text embeddings; matching
-    them row by row finds them whatever the text around them is.
-    """
-    rows = embeds.detach().float().cpu().numpy()
-    wanted = visual.detach().to(embeds.dtype).float().cpu().numpy()
-    positions, k = [], 0
-    for i, row in enumerate(rows):
-        if k < len(wanted) and np.array_equal(row, wanted[k]):
-            positions.append(i)
-            k += 1
-    if k != len(wanted):
-        raise RuntimeError(f"found {k} of the {len(wanted)} visual tokens in the LM input")
-    return positions
 
 
 # ----------------------------------------------------------------------------------------------
