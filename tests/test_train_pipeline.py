@@ -238,3 +238,32 @@ def test_video_stage_optimises_every_trainable_parameter(smoke_run):
     trainable = {id(p) for p in wrapper.parameters() if p.requires_grad}
     assert optimised == trainable
     assert {id(p) for p in wrapper.relevance_head.parameters()} <= optimised
+
+
+def test_question_loss_is_the_next_token_loss_of_the_prompt_after_the_video(smoke_run):
+    """The auxiliary question loss scores exactly the prompt's text after the video: the last
+    rows of each LM input are that text's embeddings, and the loss is their cross-entropy."""
+    from vidllm.model import VideoLLM
+    from vidllm.train.data import video_item
+
+    model = VideoLLM.from_pretrained(smoke_run.model_dir)
+    wrapper = VideoLLMForTraining(model, question_weight=1.0).eval()
+    num_frames = model.config.reducer_config().num_frames
+    item = video_item(22, seed=0, num_frames=num_frames, questions=2, mc_share=0.0)
+    batch = VideoStepBatch([item], model.resolve_reducer("free-video-llm", None), "default", [(0, 0), (0, 1)])
+    embed = model.lm.get_input_embeddings()
+    with torch.no_grad():
+        layouts = wrapper.layouts(batch)
+        expected = []
+        for v, q in batch.selected:
+            embeds = layouts[v, q][0]
+            tail = model.prompt_text_ids(item.questions[q].prompt)[1]
+            assert model.tokenizer.decode(tail).strip().startswith("Question:")
+            torch.testing.assert_close(embeds[-len(tail) :], embed(torch.tensor(tail)))
+            logits = model.lm(inputs_embeds=embeds[None]).logits[0]
+            expected.append((logits[-len(tail) - 1 : -1], torch.tensor(tail)))
+        _, metrics = wrapper(batch)
+    predicted = torch.cat([p for p, _ in expected]).float()
+    targets = torch.cat([t for _, t in expected])
+    reference = torch.nn.functional.cross_entropy(predicted, targets)
+    assert metrics["question_loss"] == pytest.approx(float(reference), rel=1e-3)

@@ -451,15 +451,23 @@ class VideoLLM(nn.Module):
             visual = visual + self.relevance(VisualRelevance.sample(reduction, coordinates))
         return visual
 
-    def layout(
-        self, reduction: Reduction, timestamps: Sequence[float], question: str
-    ) -> tuple[torch.Tensor, list[int]]:
-        """:meth:`_layout`'s embeddings ``(L, H)`` and the rows of them that are visual tokens."""
+    def prompt_text_ids(self, question: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt template's text before and after ``{video}`` for ``question``
+        (the text after the video is the end of the prompt: :meth:`layout` ends with it)."""
         before, after = self.config.prompt_template.split("{video}")
         # ``{question}`` may also come before the video (then a causal LM's visual tokens can
         # attend to it); the text before the video has no other field, so a plain replace.
         before = before.replace("{question}", question)
-        text_ids = self.tokenizer(before, add_special_tokens=True)["input_ids"]
+        return (
+            self.tokenizer(before, add_special_tokens=True)["input_ids"],
+            self.tokenizer(after.format(question=question), add_special_tokens=False)["input_ids"],
+        )
+
+    def layout(
+        self, reduction: Reduction, timestamps: Sequence[float], question: str
+    ) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`_layout`'s embeddings ``(L, H)`` and the rows of them that are visual tokens."""
+        text_ids, tail = self.prompt_text_ids(question)
         pieces: list[torch.Tensor | list[int]] = [[*text_ids, self.marker_ids["start"]]]
         visual = self.project(reduction, len(timestamps))
         positions: list[int] = []
@@ -479,7 +487,6 @@ class VideoLLM(nn.Module):
             positions.extend(range(length, length + n))
             offset += n
             length += n
-        tail = self.tokenizer(after.format(question=question), add_special_tokens=False)["input_ids"]
         pieces.append([self.marker_ids["end"], *tail])
         embed = self.lm.get_input_embeddings()
         embeds = torch.cat(

@@ -120,6 +120,11 @@ class VideoStageSpec:
     # the LM where to look before it can learn what to answer; 0 turns it off.
     relevance_loss_weight: float = 0.5
     relevance_layer: int = 2
+    # Auxiliary loss: next-token loss on the prompt's text after the video. With the question
+    # asked before the video too (the default template), that text is a copy across the visual
+    # tokens, which a from-scratch LM learns by forming the long-range attention (induction
+    # heads) that reading the answer off the video needs as well; 0 turns it off.
+    question_loss_weight: float = 0.5
 
 
 @dataclass

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vidllm.reducer import (
     ReducerConfig,
@@ -56,7 +57,16 @@ MODEL_DIR = "model"
 CONFIG_FILE = "training_config.json"
 CURVE_FILE = "loss_curve.png"
 VALIDATION_FILE = "validation.json"
-VIDEO_METRICS = ("lm_loss", "answer_acc", "relevance_loss", "relevance_acc", "questions", "seq_len", "layout")
+VIDEO_METRICS = (
+    "lm_loss",
+    "answer_acc",
+    "question_loss",
+    "relevance_loss",
+    "relevance_acc",
+    "questions",
+    "seq_len",
+    "layout",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,12 +159,14 @@ class VideoLLMForTraining(nn.Module):
         freeze_tower_bn: bool = True,
         relevance_weight: float = 0.0,
         relevance_layer: int = 2,
+        question_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.freeze_tower_bn = freeze_tower_bn
         self.relevance_weight = relevance_weight
         self.relevance_layer = relevance_layer
+        self.question_weight = question_weight
         hidden = model.lm.get_input_embeddings().embedding_dim
         self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
 
@@ -289,6 +301,19 @@ class VideoLLMForTraining(nn.Module):
             accuracy = float(((logits > 0) == (target >= 0.5)).float().mean())
         return balanced_bce(logits, target), accuracy
 
+    def _question_loss(self, batch: VideoStepBatch, layouts: dict, logits: torch.Tensor) -> torch.Tensor:
+        """Next-token loss on each prompt's text after the video (its last rows), the question's
+        copy in the default template."""
+        losses, count = [], 0
+        for i, (v, q) in enumerate(batch.selected):
+            length = layouts[v, q][0].shape[0]
+            question = self.model.validate_question(batch.videos[v].questions[q].prompt)
+            tail = torch.tensor(self.model.prompt_text_ids(question)[1], device=logits.device)
+            predicted = logits[i, length - len(tail) - 1 : length - 1].float()
+            losses.append(F.cross_entropy(predicted, tail, reduction="sum"))
+            count += len(tail)
+        return torch.stack(losses).sum() / count
+
     def forward(self, batch: VideoStepBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         model = self.model
         tokenizer = model.tokenizer
@@ -337,6 +362,10 @@ class VideoLLMForTraining(nn.Module):
             "layout": batch.layout_name,
         }
         loss = out.loss
+        if self.question_weight > 0:
+            question_loss = self._question_loss(batch, layouts, out.logits)
+            loss = loss + self.question_weight * question_loss
+            metrics["question_loss"] = float(question_loss.detach())
         if relevance:
             layer = min(self.relevance_layer, len(out.hidden_states) - 1)
             relevance_loss, relevance_acc = self._relevance_loss(batch, layouts, out.hidden_states[layer])
@@ -720,6 +749,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         freeze_tower_bn=preset.video.freeze_tower_bn,
         relevance_weight=preset.video.relevance_loss_weight,
         relevance_layer=preset.video.relevance_layer,
+        question_weight=preset.video.question_loss_weight,
     )
     results["video"] = run_stage(
         video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
