@@ -154,18 +154,13 @@ def test_reencode_mode_runs_and_matches_its_plan(frames):
 ROI_REDUCER = {"num_frames": 8, "slow_frames": 2, "middle_frames": 2, "fast_grid": [2, 2]}
 
 
-def _with_random_positions(seed: int, **kwargs) -> VideoLLM:
-    model = tiny_video_llm(seed=seed, visual_positions=True, **kwargs)
-    torch.nn.init.normal_(model.positions.proj.weight, std=0.5)
-    return model
-
-
 def test_visual_positions_say_where_and_when_every_token_is(frames):
     """Full frames, pooled fast-path grids and re-encoded RoI crops: each token's coordinates are
-    its cell's centre and size in frame fractions, and its frame's place among the sampled ones."""
+    its cell's centre and size in frame fractions, and its frame's place among the sampled ones;
+    their Fourier features go into the projector beside the tower's features."""
     from vidllm.model import VisualPositions
 
-    model = _with_random_positions(4, reducer={**ROI_REDUCER, "roi_mode": "reencode"})
+    model = tiny_video_llm(seed=4, visual_positions=True, reducer={**ROI_REDUCER, "roi_mode": "reencode"})
     prepared = model.prepare(frames, QUESTION)
     segments = prepared.reduction.segments
     coords = VisualPositions.coordinates(segments, len(prepared.sampled_indices))
@@ -184,43 +179,33 @@ def test_visual_positions_say_where_and_when_every_token_is(frames):
         assert rows[0, 0].item() == pytest.approx(x0 + rows[0, 2].item() / 2)
         assert rows[-1, 1].item() == pytest.approx(y1 - rows[0, 3].item() / 2)
         assert (rows[:, 4] == segment.frame / (len(prepared.sampled_indices) - 1)).all()
-    # and the table is what is added to each projected token, nothing else in the prompt changes
-    plain = model.projector(torch.cat([s.tokens for s in segments]))
+    features = model.positions(coords)
+    assert features.shape == (len(coords), model.positions.num_features)
+    tokens = torch.cat([s.tokens for s in segments])
     embeds, positions = model.layout(prepared.reduction, prepared.sampled_timestamps, QUESTION)
-    torch.testing.assert_close(embeds[positions], plain + model.positions(coords))
+    torch.testing.assert_close(embeds[positions], model.projector(torch.cat([tokens, features], dim=1)))
 
 
-def test_zero_initialised_positions_start_as_a_model_without_them(frames):
-    plain = tiny_video_llm(seed=5)
-    with_positions = tiny_video_llm(seed=5, visual_positions=True)
-    torch.testing.assert_close(
-        with_positions.prepare(frames, QUESTION).embeds,
-        plain.prepare(frames, QUESTION).embeds,
-        rtol=0,
-        atol=0,
-    )
-
-
-def test_visual_positions_move_only_visual_rows_and_survive_save_and_load(frames, tmp_path):
-    model = _with_random_positions(6)
-    plain = tiny_video_llm(seed=6)
-    prepared, reference = model.prepare(frames, QUESTION), plain.prepare(frames, QUESTION)
-    _, positions = model.layout(prepared.reduction, prepared.sampled_timestamps, QUESTION)
-    changed = (prepared.embeds != reference.embeds).any(dim=1).nonzero().flatten().tolist()
-    assert changed == positions
+def test_visual_positions_and_relevance_survive_save_and_load(frames, tmp_path):
+    model = tiny_video_llm(seed=6, visual_positions=True, relevance_inputs=True)
     model.save_pretrained(tmp_path / "m")
     loaded = VideoLLM.from_pretrained(tmp_path / "m")
-    torch.testing.assert_close(loaded.prepare(frames, QUESTION).embeds, prepared.embeds, rtol=0, atol=0)
+    assert loaded.config.visual_positions
+    assert loaded.config.relevance_inputs
+    for reducer in ("free-video-llm", "uniform"):
+        expected = model.prepare(frames, QUESTION, reducer=reducer).embeds
+        torch.testing.assert_close(
+            loaded.prepare(frames, QUESTION, reducer=reducer).embeds, expected, rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("reducer", ["free-video-llm", "uniform"])
-def test_relevance_inputs_add_the_scorers_patch_relevance_to_each_token(frames, reducer):
+def test_relevance_inputs_give_the_projector_the_scorers_patch_relevance(frames, reducer):
     """Each visual token gets its frame's standardised patch relevance at its cell centre; the
     uniform reducer scores frames for such a model but keeps what it always keeps."""
-    from vidllm.model import VisualPositions, VisualRelevance
+    from vidllm.model import VisualPositions, token_relevance
 
     model = tiny_video_llm(seed=7, relevance_inputs=True, reducer={**ROI_REDUCER, "roi_mode": "reencode"})
-    torch.nn.init.normal_(model.relevance.mlp[2].weight, std=0.5)
     plain = tiny_video_llm(seed=7, reducer={**ROI_REDUCER, "roi_mode": "reencode"})
     prepared = model.prepare(frames, QUESTION, reducer=reducer)
     reduction = prepared.reduction
@@ -229,7 +214,7 @@ def test_relevance_inputs_add_the_scorers_patch_relevance_to_each_token(frames, 
         s.frame for s in plain.prepare(frames, QUESTION, reducer=reducer).reduction.segments
     ]
     coords = VisualPositions.coordinates(reduction.segments, len(prepared.sampled_indices))
-    relevance = VisualRelevance.sample(reduction, coords)
+    relevance = token_relevance(reduction, coords)
     maps = reduction.patch_scores
     z = (maps - maps.mean()) / maps.std()
     offset, checked = 0, 0
@@ -244,8 +229,10 @@ def test_relevance_inputs_add_the_scorers_patch_relevance_to_each_token(frames, 
         offset += n
     assert checked > 0
     embeds, positions = model.layout(reduction, prepared.sampled_timestamps, QUESTION)
-    visual = model.projector(torch.cat([s.tokens for s in reduction.segments]))
-    torch.testing.assert_close(embeds[positions], visual + model.relevance(relevance))
+    tokens = torch.cat([s.tokens for s in reduction.segments])
+    torch.testing.assert_close(
+        embeds[positions], model.projector(torch.cat([tokens, relevance[:, None]], dim=1))
+    )
 
 
 def test_a_model_that_reads_relevance_refuses_a_reduction_without_it(frames):

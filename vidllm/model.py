@@ -75,11 +75,12 @@ class VideoLLMConfig:
     max_question_chars: int = 1000
     max_new_tokens: int = 16
     decode_max_side: int | None = 512  # frames are decoded no larger than this (the tower resizes anyway)
-    # Add where and when each visual token is (:class:`VisualPositions`) to its projection; hub
-    # models (LLaVA-family) have no such table and leave it off.
+    # Give the projector where and when each visual token is (:class:`VisualPositions`); hub
+    # models (LLaVA-family) have projectors of their own and leave it off.
     visual_positions: bool = False
-    # Add the scorer's question relevance of each visual token (:class:`VisualRelevance`); the
-    # uniform reducer then scores the frames too (what it keeps does not change).
+    # Give the projector the scorer's question relevance of each visual token
+    # (:func:`token_relevance`); the uniform reducer then scores the frames too (what it keeps
+    # does not change).
     relevance_inputs: bool = False
 
     def reducer_config(self) -> ReducerConfig:
@@ -160,25 +161,25 @@ def _as_frames(
 
 
 class VisualPositions(nn.Module):
-    """Where and when each visual token is, added to its projection.
+    """Where and when each visual token is, as extra projector inputs.
 
     A token's cell (its centre and size, as fractions of the frame: RoI crops and pooled grids
     say where their cells really are) and its frame's place among the sampled frames (0 to 1)
-    go through Fourier features (NeRF's encoding, ``sin``/``cos`` at ``num_bands`` octaves) and
-    a linear map to the LM's width. Without it a token's place in the frame is only its place in
-    the row-major sequence, which a small LM trained from scratch learns to read late, if at
-    all; questions about motion and order need it. The map starts at zero, so a model starts
-    exactly as one without positions.
+    go through Fourier features (NeRF's encoding, ``sin``/``cos`` at ``num_bands`` octaves),
+    concatenated to the tower's features before the projector. Without them a token's place in
+    the frame is only its place in the row-major sequence, which a small LM trained from scratch
+    learns to read late, if at all; questions about motion and order need it.
     """
 
     num_coordinates = 5  # x centre, y centre, width, height, time
 
-    def __init__(self, hidden: int, num_bands: int = 6) -> None:
+    def __init__(self, num_bands: int = 6) -> None:
         super().__init__()
         self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(num_bands), persistent=False)
-        self.proj = nn.Linear(self.num_coordinates * (1 + 2 * num_bands), hidden)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+
+    @property
+    def num_features(self) -> int:
+        return self.num_coordinates * (1 + 2 * len(self.frequencies))
 
     @staticmethod
     def coordinates(segments: Sequence[Segment], num_frames: int) -> torch.Tensor:
@@ -206,48 +207,36 @@ class VisualPositions(nn.Module):
         return torch.cat(rows)
 
     def forward(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """``(N, num_features)`` Fourier features of ``(N, 5)`` coordinates."""
         coordinates = coordinates.to(self.frequencies.device, torch.float32)
         angles = coordinates[..., None] * self.frequencies
-        features = torch.cat([coordinates[..., None], angles.sin(), angles.cos()], dim=-1).flatten(-2)
-        return self.proj(features.to(self.proj.weight.dtype))
+        return torch.cat([coordinates[..., None], angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
-class VisualRelevance(nn.Module):
-    """The relevance scorer's say on each visual token, added to its projection.
+def token_relevance(reduction: Reduction, coordinates: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` the scorer's patch relevance at each visual token's cell centre, standardised.
 
     The scorer already knows which patches show what the question asks about (it chose the
     frames and regions); a small LM trained from scratch otherwise has to relearn that from the
-    answers alone. Each token gets its frame's patch relevance at its cell centre (bilinear, so
-    RoI crops and pooled grids read the map where their cells are), standardised over the whole
-    video (cosine scores differ in scale between questions), through a small MLP whose output
-    layer starts at zero.
+    answers alone. Bilinear, so RoI crops and pooled grids read the map where their cells are;
+    standardised over the whole video, as cosine scores differ in scale between questions.
     """
-
-    def __init__(self, hidden: int, width: int = 32) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(1, width), nn.GELU(), nn.Linear(width, hidden))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-
-    @staticmethod
-    def sample(reduction: Reduction, coordinates: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` standardised patch relevance at each token's cell centre."""
-        if reduction.patch_scores is None:
-            raise ValueError("this model reads the scorer's patch relevance; the reduction has none")
-        maps = reduction.patch_scores.float()
-        maps = (maps - maps.mean()) / maps.std().clamp_min(1e-6)
-        frames = torch.cat(
-            [torch.full((s.tokens.shape[0],), s.frame, dtype=torch.long) for s in reduction.segments]
-        ).to(maps.device)
-        points = (coordinates[:, :2].to(maps.device) * 2 - 1)[:, None, None, :]  # grid_sample's [-1, 1]
-        sampled = F.grid_sample(
-            maps[frames, None], points, mode="bilinear", padding_mode="border", align_corners=False
-        )
-        return sampled.flatten()
-
-    def forward(self, relevance: torch.Tensor) -> torch.Tensor:
-        weight = self.mlp[0].weight
-        return self.mlp(relevance[:, None].to(weight.device, weight.dtype))
+    if reduction.patch_scores is None:
+        raise ValueError("this model reads the scorer's patch relevance; the reduction has none")
+    maps = reduction.patch_scores.float()
+    maps = (maps - maps.mean()) / maps.std().clamp_min(1e-6)
+    frames = torch.cat(
+        [torch.full((s.tokens.shape[0],), s.frame, dtype=torch.long) for s in reduction.segments]
+    )
+    points = (coordinates[:, :2].to(maps.device) * 2 - 1)[:, None, None, :]  # grid_sample's [-1, 1]
+    sampled = F.grid_sample(
+        maps[frames.to(maps.device), None],
+        points,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
+    return sampled.flatten()
 
 
 class VideoLLM(nn.Module):
@@ -263,9 +252,10 @@ class VideoLLM(nn.Module):
         self._ensure_markers()
         hidden = lm.get_input_embeddings().embedding_dim
         mid = config.projector_hidden or hidden
-        self.projector = nn.Sequential(nn.Linear(tower.hidden_size, mid), nn.GELU(), nn.Linear(mid, hidden))
-        self.positions = VisualPositions(hidden) if config.visual_positions else None
-        self.relevance = VisualRelevance(hidden) if config.relevance_inputs else None
+        self.positions = VisualPositions() if config.visual_positions else None
+        inputs = tower.hidden_size + (self.positions.num_features if self.positions is not None else 0)
+        inputs += 1 if config.relevance_inputs else 0
+        self.projector = nn.Sequential(nn.Linear(inputs, mid), nn.GELU(), nn.Linear(mid, hidden))
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -391,7 +381,7 @@ class VideoLLM(nn.Module):
             features = self.tower.encode(frames).to(self.device)
         if isinstance(config, UniformConfig):
             scores = (None, None)
-            if self.relevance is not None:
+            if self.config.relevance_inputs:
                 with _Timer(timings, "score"):
                     scores = self._score(frames, question)
             with _Timer(timings, "reduce"):
@@ -440,16 +430,14 @@ class VideoLLM(nn.Module):
 
     def project(self, reduction: Reduction, num_frames: int) -> torch.Tensor:
         """The reduction's visual tokens in the LM's embedding space, ``(N, H)`` in segment order."""
-        tokens = torch.cat([s.tokens for s in reduction.segments]).to(self.projector[0].weight.dtype)
-        visual = self.projector(tokens.to(self.device))
-        if self.positions is None and self.relevance is None:
-            return visual
-        coordinates = VisualPositions.coordinates(reduction.segments, num_frames)
-        if self.positions is not None:
-            visual = visual + self.positions(coordinates)
-        if self.relevance is not None:
-            visual = visual + self.relevance(VisualRelevance.sample(reduction, coordinates))
-        return visual
+        inputs = [torch.cat([s.tokens for s in reduction.segments]).to(self.device, torch.float32)]
+        if self.positions is not None or self.config.relevance_inputs:
+            coordinates = VisualPositions.coordinates(reduction.segments, num_frames)
+            if self.positions is not None:
+                inputs.append(self.positions(coordinates).to(self.device))
+            if self.config.relevance_inputs:
+                inputs.append(token_relevance(reduction, coordinates)[:, None].to(self.device))
+        return self.projector(torch.cat(inputs, dim=1).to(self.projector[0].weight.dtype))
 
     def prompt_text_ids(self, question: str) -> tuple[list[int], list[int]]:
         """Token ids of the prompt template's text before and after ``{video}`` for ``question``

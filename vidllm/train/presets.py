@@ -262,8 +262,9 @@ DEFAULT = Preset(
     scorer=ScorerStageSpec(steps=2000),
     # v0 (4,000 steps, no visual positions or relevance inputs, relevance head untrained by a
     # bug) sat at the answer priors for ~2,000 steps before it began to read the video; v1 gives
-    # each visual token its place, time and the scorer's relevance, and trains 5,000 steps.
-    video=VideoStageSpec(steps=5000, reducer_mix=DEFAULT_MIX),
+    # the projector each visual token's place, time and the scorer's relevance, and adds a loss on
+    # the question's copy after the video.
+    video=VideoStageSpec(steps=4500, reducer_mix=DEFAULT_MIX),
     lora=LoRAStageSpec(steps=0),
 )
 

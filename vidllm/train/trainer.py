@@ -225,7 +225,7 @@ class VideoLLMForTraining(nn.Module):
         """The reducer's output per selected question; RoI crops are encoded in one batch."""
         layout = batch.layout
         if isinstance(layout, UniformConfig):
-            if self.model.relevance is None:
+            if not self.model.config.relevance_inputs:
                 return {key: reduce_uniform(features[key[0]], layout) for key in prompts}
             scores = self._scores(batch, sorted(features), prompts)
             return {key: reduce_uniform(features[key[0]], layout, *scores[key]) for key in prompts}
