@@ -243,3 +243,11 @@ def test_a_model_that_reads_relevance_refuses_a_reduction_without_it(frames):
     reduction = reduce_uniform(model.tower.encode(frames), config)
     with pytest.raises(ValueError, match="patch relevance"):
         model.layout(reduction, [0.0] * len(frames), QUESTION)
+
+
+def test_a_model_that_reads_relevance_needs_a_scorer():
+    from dataclasses import replace
+
+    model = tiny_video_llm(seed=9, relevance_inputs=True)
+    with pytest.raises(ValueError, match="needs a scorer"):
+        VideoLLM(replace(model.config, scorer=None), model.tower, model.lm, model.tokenizer, None)

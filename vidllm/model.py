@@ -252,6 +252,10 @@ class VideoLLM(nn.Module):
         self._ensure_markers()
         hidden = lm.get_input_embeddings().embedding_dim
         mid = config.projector_hidden or hidden
+        if config.relevance_inputs and scorer is None:
+            raise ValueError(
+                "this model's projector reads relevance scores (relevance_inputs); it needs a scorer"
+            )
         self.positions = VisualPositions() if config.visual_positions else None
         inputs = tower.hidden_size + (self.positions.num_features if self.positions is not None else 0)
         inputs += 1 if config.relevance_inputs else 0
@@ -399,7 +403,7 @@ class VideoLLM(nn.Module):
                     ),
                 )
         with _Timer(timings, "project"):
-            embeds = self._layout(reduction, timestamps, question)
+            embeds, _ = self.layout(reduction, timestamps, question)
         return PreparedInput(
             embeds=embeds,
             reduction=reduction,
@@ -413,20 +417,12 @@ class VideoLLM(nn.Module):
     def _score(self, frames: torch.Tensor, question: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(T,)`` frame and ``(T, hs, ws)`` patch relevance of ``frames`` to ``question``."""
         if self.scorer is None:
-            raise RuntimeError("the free-video-llm reducer needs a relevance scorer; this model has none")
+            raise RuntimeError(
+                "the free-video-llm reducer (and a model's relevance inputs) needs a relevance scorer; "
+                "this model has none"
+            )
         frame_scores, patch_scores = self.scorer.score(frames, question)
         return frame_scores.to(self.device), patch_scores.to(self.device)
-
-    def _layout(self, reduction: Reduction, timestamps: Sequence[float], question: str) -> torch.Tensor:
-        """Input embeddings of the prompt template with the video in place of ``{video}``.
-
-        The video is ``<|video_start|>``, then for each path a path marker (``<|slow|>``, ...)
-        followed by its frames, each a ``<|frame|>`` separator, the frame's time as text
-        (``"12.5s"``; left out on the fast path, whose frames are all the sampled frames in
-        order, to keep the overhead at one token a frame) and its visual tokens; then
-        ``<|video_end|>``.
-        """
-        return self.layout(reduction, timestamps, question)[0]
 
     def project(self, reduction: Reduction, num_frames: int) -> torch.Tensor:
         """The reduction's visual tokens in the LM's embedding space, ``(N, H)`` in segment order."""
@@ -454,7 +450,15 @@ class VideoLLM(nn.Module):
     def layout(
         self, reduction: Reduction, timestamps: Sequence[float], question: str
     ) -> tuple[torch.Tensor, list[int]]:
-        """:meth:`_layout`'s embeddings ``(L, H)`` and the rows of them that are visual tokens."""
+        """Input embeddings ``(L, H)`` of the prompt template with the video in place of
+        ``{video}``, and the rows of them that are visual tokens.
+
+        The video is ``<|video_start|>``, then for each path a path marker (``<|slow|>``, ...)
+        followed by its frames, each a ``<|frame|>`` separator, the frame's time as text
+        (``"12.5s"``; left out on the fast path, whose frames are all the sampled frames in
+        order, to keep the overhead at one token a frame) and its visual tokens; then
+        ``<|video_end|>``.
+        """
         text_ids, tail = self.prompt_text_ids(question)
         pieces: list[torch.Tensor | list[int]] = [[*text_ids, self.marker_ids["start"]]]
         visual = self.project(reduction, len(timestamps))

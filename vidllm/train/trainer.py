@@ -7,7 +7,7 @@ The pipeline of ``vidllm train --preset NAME`` (:func:`train`), every stage resu
 2. the video LLM: vision tower (initialised from the scorer's image backbone, trainable),
    projector and LM, trained on the answer tokens only. The forward pass is the inference path
    of :meth:`vidllm.model.VideoLLM.prepare` with gradients: the same tower, scorer, reducer
-   functions and prompt layout (``VideoLLM._layout``), so what is trained is what answers. Each
+   functions and prompt layout (``VideoLLM.layout``), so what is trained is what answers. Each
    step draws one reducer layout from the preset's mix (Free Video-LLM at several budgets and
    uniform sampling from one frame to all of them), so the model reads every layout it will be
    given; the Free Video-LLM crops of ``roi_mode="reencode"`` are encoded in one batch;
@@ -224,11 +224,11 @@ class VideoLLMForTraining(nn.Module):
     def _reductions(self, batch: VideoStepBatch, features: dict, prompts: dict) -> dict:
         """The reducer's output per selected question; RoI crops are encoded in one batch."""
         layout = batch.layout
-        if isinstance(layout, UniformConfig):
-            if not self.model.config.relevance_inputs:
-                return {key: reduce_uniform(features[key[0]], layout) for key in prompts}
-            scores = self._scores(batch, sorted(features), prompts)
-            return {key: reduce_uniform(features[key[0]], layout, *scores[key]) for key in prompts}
+        if isinstance(layout, UniformConfig):  # scored only for a model that reads the scores
+            scores = (
+                self._scores(batch, sorted(features), prompts) if self.model.config.relevance_inputs else {}
+            )
+            return {key: reduce_uniform(features[key[0]], layout, *scores.get(key, ())) for key in prompts}
         scores = self._scores(batch, sorted(features), prompts)
         tower = self.model.tower
         crops: dict[tuple, torch.Tensor] = {}
