@@ -150,6 +150,14 @@ def print_summary(results: dict[str, Any]) -> None:
         print(f"  {'error ' + kind:<22} {count}")
 
 
+def _run_failed(command: str, exc: Exception) -> int:
+    """One line on stderr and the exit code: 3 for an incomplete run (start it again), 2 for bad input."""
+    from eval.runner import IncompleteRunError
+
+    print(f"eval {command}: {exc}", file=sys.stderr)
+    return 3 if isinstance(exc, IncompleteRunError) else 2
+
+
 def run_video_qa_command(args: argparse.Namespace) -> int:
     from eval.runner import IncompleteRunError, VideoQAConfig, run_video_qa
 
@@ -184,12 +192,8 @@ def run_video_qa_command(args: argparse.Namespace) -> int:
                 print(f"table, CSV and plot: {args.output_dir}/sweep.md, sweep.csv, sweep.png")
             return 0
         results = run_video_qa(config)
-    except IncompleteRunError as exc:
-        print(f"eval video-qa: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"eval video-qa: {exc}", file=sys.stderr)
-        return 2
+    except (IncompleteRunError, ValueError, FileNotFoundError, ImportError) as exc:
+        return _run_failed("video-qa", exc)
     if results is not None:
         print_summary(results)
         print(f"\nresults: {args.output_dir}/results.json, samples: {args.output_dir}/samples.jsonl")
@@ -274,12 +278,8 @@ def run_synthetic_report_command(args: argparse.Namespace) -> int:
     try:
         budgets = parse_budgets(args.budgets)
         run_report(args.model, Path(args.data_root), output_dir, args.limit, args.sweep_limit, budgets)
-    except IncompleteRunError as exc:
-        print(f"eval synthetic-report: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"eval synthetic-report: {exc}", file=sys.stderr)
-        return 2
+    except (IncompleteRunError, ValueError, FileNotFoundError, ImportError) as exc:
+        return _run_failed("synthetic-report", exc)
     print((output_dir / "report.md").read_text())
     print((output_dir / "sweep" / "sweep.md").read_text())
     return 0
