@@ -131,6 +131,32 @@ def test_cell_coverage():
     assert straddle.sum() == pytest.approx(1.0)
 
 
+def test_subject_coverage_follows_the_segments_grids_and_boxes():
+    from vidllm.reducer import Segment
+
+    item = video_item(7, seed=0, num_frames=8, questions=1, mc_share=0.0)
+    qa = item.questions[0]
+    frame = next(f for f in range(8) if item.subject_boxes(qa, f))
+    box = item.subject_boxes(qa, frame)[0]
+    crop = (max(box[0] - 0.1, 0.0), max(box[1] - 0.1, 0.0), min(box[2] + 0.1, 1.0), min(box[3] + 0.1, 1.0))
+    segments = [
+        Segment("slow", frame, torch.zeros(16, 1), (4, 4)),
+        Segment("middle", frame, torch.zeros(4, 1), (2, 2), box=crop),
+    ]
+    coverage = item.subject_coverage(qa, segments)
+    assert coverage.shape == (20,)
+    assert np.array_equal(coverage[:16], np.maximum.reduce(
+        [cell_coverage(b, (4, 4)).ravel() for b in item.subject_boxes(qa, frame)]
+    ))  # fmt: skip
+    assert np.array_equal(coverage[16:], np.maximum.reduce(
+        [cell_coverage(b, (2, 2), crop).ravel() for b in item.subject_boxes(qa, frame)]
+    ))  # fmt: skip
+    assert coverage[16:].max() > 0  # the crop is around a subject
+    empty = next((f for f in range(8) if not item.subject_boxes(qa, f)), None)
+    if empty is not None:
+        assert not item.subject_coverage(qa, [Segment("fast", empty, torch.zeros(4, 1), (2, 2))]).any()
+
+
 def test_cell_attributes_name_the_object_in_each_cell():
     from vidllm.data.synthetic import SceneObject
 

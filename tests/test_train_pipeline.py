@@ -227,17 +227,23 @@ def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
     assert 0.0 <= metrics["relevance_acc"] <= 1.0
 
 
-def test_video_stage_optimises_every_trainable_parameter(smoke_run):
-    """The relevance head lives on the training wrapper, not on the VideoLLM: it must train too."""
+@pytest.mark.parametrize("train_head", [True, False])
+def test_video_stage_optimises_every_trainable_parameter(smoke_run, train_head):
+    """The relevance head lives on the training wrapper, not on the VideoLLM: it trains with the
+    LM, or (``train_relevance_head=False``) is a fixed probe that no optimiser group holds."""
     from vidllm.model import VideoLLM
 
     model = VideoLLM.from_pretrained(smoke_run.model_dir)
-    wrapper = VideoLLMForTraining(model, relevance_weight=1.0, relevance_layer=1)
+    wrapper = VideoLLMForTraining(
+        model, relevance_weight=1.0, relevance_layer=1, train_relevance_head=train_head
+    )
     stage = video_stage(get_preset("smoke"), wrapper)
     optimised = {id(p) for group in stage.param_groups for p in group["params"]}
     trainable = {id(p) for p in wrapper.parameters() if p.requires_grad}
     assert optimised == trainable
-    assert {id(p) for p in wrapper.relevance_head.parameters()} <= optimised
+    head = {id(p) for p in wrapper.relevance_head.parameters()}
+    assert (head <= optimised) if train_head else not (head & optimised)
+    assert any(id(p) in optimised for p in model.lm.parameters())
 
 
 def test_question_loss_is_the_next_token_loss_of_the_prompt_after_the_video(smoke_run):

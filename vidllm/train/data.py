@@ -282,6 +282,19 @@ class TrainVideo:
         subjects = (self.scene.objects[i] for i in qa.question.subjects)
         return [o.box(t) for o in subjects if o.visible(t)]
 
+    def subject_coverage(self, qa: QA, segments) -> np.ndarray:
+        """:func:`cell_coverage` of the question's subjects on screen, the most of any subject,
+        for every token of a reduction's ``segments`` in order (each segment's grid tiles its RoI
+        box, or the whole frame): the relevance targets of a reduction's visual tokens."""
+        labels = []
+        for segment in segments:
+            coverage = np.zeros(segment.grid, dtype=np.float32)
+            region = segment.box or (0.0, 0.0, 1.0, 1.0)
+            for box in self.subject_boxes(qa, segment.frame):
+                np.maximum(coverage, cell_coverage(box, segment.grid, region), out=coverage)
+            labels.append(coverage.ravel())
+        return np.concatenate(labels)
+
 
 def video_item(
     index: int,

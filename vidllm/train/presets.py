@@ -120,6 +120,9 @@ class VideoStageSpec:
     # the LM where to look before it can learn what to answer; 0 turns it off.
     relevance_loss_weight: float = 0.5
     relevance_layer: int = 2
+    # The loss's linear head: trained with the LM, or a fixed random direction (a frozen probe)
+    # along which the LM itself must write "relevant" (the shipped v0 trained with it fixed).
+    train_relevance_head: bool = True
     # Auxiliary loss: next-token loss on the prompt's text after the video. With the question
     # asked before the video too (the default template), that text is a copy across the visual
     # tokens, which a from-scratch LM learns by forming the long-range attention (induction
@@ -263,7 +266,9 @@ DEFAULT = Preset(
     # The shipped model (v0). Runs that added visual positions, relevance inputs and the question
     # loss (and 4,500-5,000 steps) did worse at equal steps on the same batches (docs/training_runs.md),
     # so they stay off here; the smoke preset trains them so they stay tested.
-    video=VideoStageSpec(steps=4000, reducer_mix=DEFAULT_MIX),
+    # v0 trained with the relevance loss's head fixed at its random init (then by accident; kept
+    # because runs that trained it did no better): train_relevance_head=False reproduces it.
+    video=VideoStageSpec(steps=4000, reducer_mix=DEFAULT_MIX, train_relevance_head=False),
     lora=LoRAStageSpec(steps=0),
 )
 

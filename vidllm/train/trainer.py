@@ -159,6 +159,7 @@ class VideoLLMForTraining(nn.Module):
         freeze_tower_bn: bool = True,
         relevance_weight: float = 0.0,
         relevance_layer: int = 2,
+        train_relevance_head: bool = True,
         question_weight: float = 0.0,
     ) -> None:
         super().__init__()
@@ -169,6 +170,8 @@ class VideoLLMForTraining(nn.Module):
         self.question_weight = question_weight
         hidden = model.lm.get_input_embeddings().embedding_dim
         self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
+        if self.relevance_head is not None and not train_relevance_head:
+            self.relevance_head.requires_grad_(False)  # a fixed probe: only the LM adapts to it
 
     def train(self, mode: bool = True) -> VideoLLMForTraining:
         super().train(mode)
@@ -279,22 +282,14 @@ class VideoLLMForTraining(nn.Module):
         """Balanced BCE of "this visual token shows a subject of the question", read from the LM's
         hidden states at ``relevance_layer``; targets from the scene's boxes at the frame's time,
         mapped onto each token's region (its segment's grid over its RoI box or the frame)."""
-        from vidllm.train.data import cell_coverage
         from vidllm.train.scorer_training import balanced_bce
 
         states, targets = [], []
         for i, (v, q) in enumerate(batch.selected):
             _, positions, reduction = layouts[v, q]
-            item, qa = batch.videos[v], batch.videos[v].questions[q]
-            labels = []
-            for segment in reduction.segments:
-                coverage = np.zeros(segment.grid, dtype=np.float32)
-                region = segment.box or (0.0, 0.0, 1.0, 1.0)
-                for box in item.subject_boxes(qa, segment.frame):
-                    np.maximum(coverage, cell_coverage(box, segment.grid, region), out=coverage)
-                labels.append(coverage.ravel())
+            item = batch.videos[v]
             states.append(hidden[i, positions])
-            targets.append(torch.from_numpy(np.concatenate(labels)))
+            targets.append(torch.from_numpy(item.subject_coverage(item.questions[q], reduction.segments)))
         logits = self.relevance_head(torch.cat(states)).squeeze(-1).float()
         target = torch.cat(targets).to(logits.device)
         with torch.no_grad():
@@ -749,6 +744,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         freeze_tower_bn=preset.video.freeze_tower_bn,
         relevance_weight=preset.video.relevance_loss_weight,
         relevance_layer=preset.video.relevance_layer,
+        train_relevance_head=preset.video.train_relevance_head,
         question_weight=preset.video.question_loss_weight,
     )
     results["video"] = run_stage(
