@@ -5,6 +5,9 @@ depend on the seed and ``s`` only), so their training accuracy over the same ste
 paired comparison::
 
     python scripts/compare_runs.py v0=docs/training_runs/v0.csv v4=docs/training_runs/v4.csv
+
+``--exact`` instead checks that runs are the same run: the logged loss at every step all of them
+logged, digit for digit (a rerun of the preset a model came from against that model's log).
 """
 
 from __future__ import annotations
@@ -26,12 +29,31 @@ def windows(path: str, width: int) -> dict[int, float]:
     return {end: right / n for end, (right, n) in sorted(sums.items()) if n}
 
 
-def main() -> None:
+def same_losses(paths: dict[str, str]) -> int:
+    """Print whether the runs logged the same loss at every common step; 0 if so, else 1."""
+    logs = {}
+    for name, path in paths.items():
+        with open(path, newline="") as f:
+            logs[name] = {int(row["step"]): row["loss"] for row in csv.DictReader(f)}
+    common = sorted(set.intersection(*(set(log) for log in logs.values())))
+    for step in common:
+        values = {name: log[step] for name, log in logs.items()}
+        if len(set(values.values())) > 1:
+            print(f"differ at step {step} (of {len(common)} common logged steps): {values}")
+            return 1
+    print(f"same loss at all {len(common)} common logged steps (up to step {common[-1] if common else 0})")
+    return 0
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="NAME=PATH of a video stage's log.csv")
     parser.add_argument("--window", type=int, default=500)
+    parser.add_argument("--exact", action="store_true", help="check the runs logged identical losses")
     args = parser.parse_args()
     runs = dict(item.split("=", 1) for item in args.runs)
+    if args.exact:
+        return same_losses(runs)
     tables = {name: windows(path, args.window) for name, path in runs.items()}
     steps = sorted({s for t in tables.values() for s in t})
     print("| steps | " + " | ".join(runs) + " |")
@@ -39,7 +61,8 @@ def main() -> None:
     for end in steps:
         cells = [f"{tables[n][end]:.1%}" if end in tables[n] else "" for n in runs]
         print(f"| {end - args.window + 1}-{end} | " + " | ".join(cells) + " |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
