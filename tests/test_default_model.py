@@ -39,6 +39,15 @@ def test_checkpoint_is_small_safetensors_with_its_record():
     assert (DEFAULT_DIR / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_default_preset_is_the_shipped_models_recorded_preset():
+    """``vidllm train --preset default`` must describe the bundled model: its recorded preset is
+    the current default preset, field for field."""
+    from vidllm.train.presets import Preset, get_preset
+
+    record = json.loads((DEFAULT_DIR / "training_config.json").read_text())
+    assert Preset.from_dict(record["preset"]).to_dict() == get_preset("default").to_dict()
+
+
 def test_language_model_is_versatile_with_a_head_size_vllm_cpu_takes(model):
     config = model.lm.config
     assert config.ffn_type == "versatile"
