@@ -263,11 +263,11 @@ DEFAULT = Preset(
     description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
     model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER),
     scorer=ScorerStageSpec(steps=2000),
-    # The shipped model (v0). Runs that added visual positions, relevance inputs and the question
-    # loss (and 4,500-5,000 steps) did worse at equal steps on the same batches (docs/training_runs.md),
-    # so they stay off here; the smoke preset trains them so they stay tested.
-    # v0 trained with the relevance loss's head fixed at its random init (then by accident; kept
-    # because runs that trained it did no better): train_relevance_head=False reproduces it.
+    # The shipped model (v0), which this preset reproduces digit for digit. v0 trained with the
+    # relevance loss's head fixed at its random init (by accident then; train_relevance_head=False
+    # now). Runs that trained the head, added visual positions, relevance inputs or the question
+    # loss, or changed the learning rate or FFN did no better at equal steps on the same batches
+    # (docs/training_runs.md), so those stay off here; the smoke preset trains the features.
     video=VideoStageSpec(steps=4000, reducer_mix=DEFAULT_MIX, train_relevance_head=False),
     lora=LoRAStageSpec(steps=0),
 )
