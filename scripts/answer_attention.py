@@ -86,10 +86,15 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="vidllm.load name or checkpoint directory")
     parser.add_argument("--videos", type=int, default=150, help="videos (3 questions each)")
     args = parser.parse_args()
+    if args.videos < 1:
+        parser.error("--videos must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import vidllm
 
-    model = vidllm.load(args.model).eval()
+    try:
+        model = vidllm.load(args.model).eval()
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
     logger.info(
         "| template | n | answer acc. | subject share of visual tokens | subject mass, layer: heads |"
     )

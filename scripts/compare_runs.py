@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 
 
 def windows(path: str, width: int) -> dict[int, float]:
@@ -51,7 +52,11 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=500)
     parser.add_argument("--exact", action="store_true", help="check the runs logged identical losses")
     args = parser.parse_args()
+    if bad := [item for item in args.runs if "=" not in item]:
+        parser.error(f"each run is NAME=PATH, got {', '.join(bad)}")
     runs = dict(item.split("=", 1) for item in args.runs)
+    if missing := [path for path in runs.values() if not os.path.isfile(path)]:
+        parser.error(f"no such log: {', '.join(missing)}")
     if args.exact:
         return same_losses(runs)
     tables = {name: windows(path, args.window) for name, path in runs.items()}
