@@ -11,8 +11,11 @@ import torch
 
 from vidllm.data.synthetic import (
     COLORS,
+    DIRECTIONS,
     SHAPES,
     TEMPLATES,
+    Scene,
+    SceneObject,
     WorldConfig,
     render,
     sample_item,
@@ -23,6 +26,9 @@ from vidllm.model import MARKERS
 from vidllm.reducer import uniform_frames
 from vidllm.train import checkpoint as ckpt
 from vidllm.train.data import (
+    OBJECT_ATTRIBUTES,
+    START_BINS,
+    TrainVideo,
     cell_attributes,
     cell_coverage,
     scorer_batch,
@@ -173,6 +179,44 @@ def test_cell_attributes_name_the_object_in_each_cell():
     assert colors[0, 0] == len(COLORS)
     assert shapes[0, 0] == len(SHAPES)
     assert (colors < len(COLORS)).sum() == 1 + 4
+
+
+def test_object_attributes_give_each_token_the_scene_graph_of_its_object():
+    from vidllm.reducer import Segment
+
+    # a red star (cell (1, 1) of a 4x4 grid) on screen in the first half, moving right; two blue
+    # squares, the second (top right) entering in the second half, moving up
+    star = SceneObject("star", "red", 0.2, "right", 0.0, 0.5, 0.35, 0.375, 0.4, 0.375, False, False)
+    square = SceneObject("square", "blue", 0.25, "down", 0.0, 1.0, 0.625, 0.625, 0.625, 0.7, False, False)
+    late = SceneObject("square", "green", 0.2, "up", 0.6, 1.0, 0.875, 0.2, 0.875, 0.1, True, False)
+    scene = Scene("t", (star, square, late), (0, 0, 0))
+    item = TrainVideo(np.zeros((2, 8, 8, 3), np.uint8), [0.0, 4.0], scene, [], [0.1, 0.8])
+    zoom = (0.5, 0.5, 1.0, 1.0)  # the bottom-right quarter, where the blue square is
+    segments = [
+        Segment("slow", 0, torch.zeros(16, 1), (4, 4)),
+        Segment("middle", 1, torch.zeros(16, 1), (4, 4)),
+        Segment("middle", 0, torch.zeros(4, 1), (2, 2), box=zoom),
+    ]
+    table = item.object_attributes(segments)
+    assert table.shape == (36, len(OBJECT_ATTRIBUTES))
+    names = list(OBJECT_ATTRIBUTES)
+
+    def row(obj, count):
+        return [COLORS.index(obj.color), SHAPES.index(obj.shape), DIRECTIONS.index(obj.direction),
+                min(int(obj.start * START_BINS), START_BINS - 1), count - 1]  # fmt: skip
+
+    none = [len(COLORS), len(SHAPES), -100, -100, -100]
+    first, second, crop = table[:16].reshape(4, 4, -1), table[16:32].reshape(4, 4, -1), table[32:]
+    assert first[1, 1].tolist() == row(star, 1)  # the star at t=0.1
+    assert first[2, 2].tolist() == row(square, 2)  # two squares in the video, one at a time
+    assert first[0, 0].tolist() == none
+    assert first[0, 3].tolist() == none  # the late square is not there yet
+    assert second[1, 1].tolist() == none  # the star has left at t=0.8
+    assert second[0, 3].tolist() == row(late, 2)
+    assert (crop[:, names.index("color")] == COLORS.index("blue")).sum() >= 1  # the crop tiles its box
+    assert row(late, 2)[names.index("start")] == int(0.6 * START_BINS)
+    for k, classes in enumerate(OBJECT_ATTRIBUTES.values()):
+        assert table[:, k].max() < classes
 
 
 def test_yuv420_roundtrip_halves_chroma_and_keeps_grey():

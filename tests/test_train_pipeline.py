@@ -207,13 +207,16 @@ def test_two_processes_train_with_distributed_data_parallel(tmp_path):
 
 
 def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
-    """The auxiliary relevance loss: visual tokens are found in the LM input, and its targets are
-    positive exactly on tokens whose region shows a subject of the question."""
+    """The auxiliary relevance and attribute losses: visual tokens are found in the LM input,
+    the relevance targets are positive exactly on tokens whose region shows a subject of the
+    question, and the attribute targets are one row per visual token."""
     from vidllm.model import VideoLLM
     from vidllm.train.data import video_item
 
     model = VideoLLM.from_pretrained(smoke_run.model_dir)
-    wrapper = VideoLLMForTraining(model, relevance_weight=1.0, relevance_layer=1).eval()
+    wrapper = VideoLLMForTraining(
+        model, relevance_weight=1.0, relevance_layer=1, attribute_weight=1.0, attribute_layer=1
+    ).eval()
     num_frames = model.config.reducer_config().num_frames
     item = video_item(21, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
     batch = VideoStepBatch([item], model.resolve_reducer("uniform", None), "uniform", [(0, 0), (0, 1)])
@@ -225,6 +228,9 @@ def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
         loss, metrics = wrapper(batch)
     assert torch.isfinite(loss)
     assert 0.0 <= metrics["relevance_acc"] <= 1.0
+    assert metrics["attribute_loss"] > 0
+    for _, positions, reduction in layouts.values():  # one attribute row per visual token
+        assert item.object_attributes(reduction.segments).shape[0] == len(positions)
 
 
 @pytest.mark.parametrize("train_head", [True, False])
@@ -235,7 +241,7 @@ def test_video_stage_optimises_every_trainable_parameter(smoke_run, train_head):
 
     model = VideoLLM.from_pretrained(smoke_run.model_dir)
     wrapper = VideoLLMForTraining(
-        model, relevance_weight=1.0, relevance_layer=1, train_relevance_head=train_head
+        model, relevance_weight=1.0, relevance_layer=1, train_relevance_head=train_head, attribute_weight=1.0
     )
     stage = video_stage(get_preset("smoke"), wrapper)
     optimised = {id(p) for group in stage.param_groups for p in group["params"]}
@@ -243,6 +249,7 @@ def test_video_stage_optimises_every_trainable_parameter(smoke_run, train_head):
     assert optimised == trainable
     head = {id(p) for p in wrapper.relevance_head.parameters()}
     assert (head <= optimised) if train_head else not (head & optimised)
+    assert {id(p) for p in wrapper.attribute_head.parameters()} <= optimised
     assert any(id(p) in optimised for p in model.lm.parameters())
 
 

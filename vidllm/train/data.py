@@ -27,6 +27,7 @@ import numpy as np
 
 from vidllm.data.synthetic import (
     COLORS,
+    DIRECTIONS,
     SHAPES,
     TEMPLATES,
     Question,
@@ -148,16 +149,27 @@ def cell_attributes(
     min_coverage: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Per cell, the colour and shape of the object covering it most (at least ``min_coverage``)."""
-    colors = np.full(grid, len(COLORS), dtype=np.int64)
-    shapes = np.full(grid, len(SHAPES), dtype=np.int64)
+    owners = cell_owners([box for _, box in visible], grid, min_coverage=min_coverage)
+    colors = np.array([COLORS.index(o.color) for o, _ in visible] + [len(COLORS)], dtype=np.int64)
+    shapes = np.array([SHAPES.index(o.shape) for o, _ in visible] + [len(SHAPES)], dtype=np.int64)
+    return colors[owners], shapes[owners]  # owner -1 picks the last entry: none
+
+
+def cell_owners(
+    boxes: Sequence[tuple[float, float, float, float]],
+    grid: tuple[int, int],
+    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+    min_coverage: float = 0.3,
+) -> np.ndarray:
+    """``(h, w)`` int64: per cell of ``grid`` over ``region``, the index of the box covering it
+    most (:func:`cell_coverage`, at least ``min_coverage``; a later box wins a tie), -1 if none."""
+    owners = np.full(grid, -1, dtype=np.int64)
     best = np.full(grid, min_coverage, dtype=np.float64)
-    for obj, box in visible:
-        coverage = cell_coverage(box, grid)
-        better = coverage >= best
-        colors[better] = COLORS.index(obj.color)
-        shapes[better] = SHAPES.index(obj.shape)
+    for i, box in enumerate(boxes):
+        coverage = cell_coverage(box, grid, region)
+        owners[coverage >= best] = i
         best = np.maximum(best, coverage)
-    return colors, shapes
+    return owners
 
 
 def _text_pool(scene: Scene, rng: np.random.Generator, world: WorldConfig, mc_prob: float) -> list[tuple]:
@@ -294,6 +306,53 @@ class TrainVideo:
                 np.maximum(coverage, cell_coverage(box, segment.grid, region), out=coverage)
             labels.append(coverage.ravel())
         return np.concatenate(labels)
+
+    def object_attributes(self, segments, min_coverage: float = 0.3) -> np.ndarray:
+        """``(N, len(OBJECT_ATTRIBUTES))`` int64: per token of a reduction's ``segments``, the
+        scene-graph attributes of the object covering its cell most (at least ``min_coverage``):
+        targets of the trainer's attribute loss (:data:`OBJECT_ATTRIBUTES` lists the columns).
+
+        A token showing no object gets each attribute's "none" class (the last) for colour and
+        shape and ``-100`` (ignored) for the rest.
+        """
+        objects = self.scene.objects
+        shape_counts = {shape: sum(o.shape == shape for o in objects) for shape in SHAPES}
+        rows = []
+        for segment in segments:
+            t = self.times[segment.frame]
+            shown = [i for i, obj in enumerate(objects) if obj.visible(t)]
+            owner = cell_owners(
+                [objects[i].box(t) for i in shown], segment.grid, segment.box or (0.0, 0.0, 1.0, 1.0),
+                min_coverage,
+            )  # fmt: skip
+            rows.append(np.array([*shown, -1], dtype=np.int64)[owner.ravel()])
+        owners = np.concatenate(rows)
+        table = np.array(
+            [
+                [
+                    COLORS.index(o.color),
+                    SHAPES.index(o.shape),
+                    DIRECTIONS.index(o.direction),
+                    min(int(o.start * START_BINS), START_BINS - 1),
+                    shape_counts[o.shape] - 1,
+                ]
+                for o in objects
+            ]
+            + [[len(COLORS), len(SHAPES), -100, -100, -100]],
+            dtype=np.int64,
+        )
+        return table[owners]  # owner -1 picks the last row: no object
+
+
+# The attribute loss's columns and their class counts (colour and shape include "none").
+START_BINS = 8
+OBJECT_ATTRIBUTES = {
+    "color": len(COLORS) + 1,
+    "shape": len(SHAPES) + 1,
+    "direction": len(DIRECTIONS),
+    "start": START_BINS,
+    "same_shape_count": len(COLORS),  # at most one object per colour
+}
 
 
 def video_item(

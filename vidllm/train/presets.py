@@ -123,6 +123,13 @@ class VideoStageSpec:
     # The loss's linear head: trained with the LM, or a fixed random direction (a frozen probe)
     # along which the LM itself must write "relevant" (the shipped v0 trained with it fixed).
     train_relevance_head: bool = True
+    # Auxiliary loss: from the LM's hidden state after ``attribute_layer`` layers, the scene-graph
+    # attributes of the object each visual token shows (colour, shape, direction of motion,
+    # appearance time, how many objects share its shape: vidllm.train.data.OBJECT_ATTRIBUTES).
+    # The answers are these attributes read off the subject's tokens; the loss asks every token
+    # for them, hundreds of targets a sequence against one or two answer tokens; 0 turns it off.
+    attribute_loss_weight: float = 0.0
+    attribute_layer: int = 2
     # Auxiliary loss: next-token loss on the prompt's text after the video. With the question
     # asked before the video too (the default template), that text is a copy across the visual
     # tokens, which a from-scratch LM learns by forming the long-range attention (induction

@@ -46,7 +46,7 @@ from vidllm.reducer import (
     reduce_uniform,
     uniform_frames,
 )
-from vidllm.train.data import TrainVideo, video_batch
+from vidllm.train.data import OBJECT_ATTRIBUTES, TrainVideo, video_batch
 from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
 from vidllm.train.presets import LoRAStageSpec, Preset, VideoStageSpec
 
@@ -63,6 +63,8 @@ VIDEO_METRICS = (
     "question_loss",
     "relevance_loss",
     "relevance_acc",
+    "attribute_loss",
+    "attribute_acc",
     "questions",
     "seq_len",
     "layout",
@@ -161,6 +163,8 @@ class VideoLLMForTraining(nn.Module):
         relevance_layer: int = 2,
         train_relevance_head: bool = True,
         question_weight: float = 0.0,
+        attribute_weight: float = 0.0,
+        attribute_layer: int = 2,
     ) -> None:
         super().__init__()
         self.model = model
@@ -168,10 +172,16 @@ class VideoLLMForTraining(nn.Module):
         self.relevance_weight = relevance_weight
         self.relevance_layer = relevance_layer
         self.question_weight = question_weight
+        self.attribute_weight = attribute_weight
+        self.attribute_layer = attribute_layer
         hidden = model.lm.get_input_embeddings().embedding_dim
         self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
         if self.relevance_head is not None and not train_relevance_head:
             self.relevance_head.requires_grad_(False)  # a fixed probe: only the LM adapts to it
+        # Created after the relevance head, so a run without it draws the same initial weights.
+        self.attribute_head = (
+            nn.Linear(hidden, sum(OBJECT_ATTRIBUTES.values())) if attribute_weight > 0 else None
+        )
 
     def train(self, mode: bool = True) -> VideoLLMForTraining:
         super().train(mode)
@@ -278,23 +288,55 @@ class VideoLLMForTraining(nn.Module):
         """The LM input of every selected question (see :meth:`layouts`)."""
         return {key: value[0] for key, value in self.layouts(batch).items()}
 
+    @staticmethod
+    def _visual_states(batch: VideoStepBatch, layouts: dict, hidden: torch.Tensor, targets) -> tuple:
+        """The visual tokens' rows of ``hidden`` ``(B, L, H)`` and ``targets(item, qa, segments)``
+        for them, over every selected question, concatenated: ``(N, H)`` and ``(N, ...)``."""
+        states, labels = [], []
+        for i, (v, q) in enumerate(batch.selected):
+            _, positions, reduction = layouts[v, q]
+            item = batch.videos[v]
+            states.append(hidden[i, positions])
+            labels.append(torch.from_numpy(targets(item, item.questions[q], reduction.segments)))
+        return torch.cat(states), torch.cat(labels).to(hidden.device)
+
     def _relevance_loss(self, batch: VideoStepBatch, layouts: dict, hidden: torch.Tensor):
         """Balanced BCE of "this visual token shows a subject of the question", read from the LM's
         hidden states at ``relevance_layer``; targets from the scene's boxes at the frame's time,
         mapped onto each token's region (its segment's grid over its RoI box or the frame)."""
         from vidllm.train.scorer_training import balanced_bce
 
-        states, targets = [], []
-        for i, (v, q) in enumerate(batch.selected):
-            _, positions, reduction = layouts[v, q]
-            item = batch.videos[v]
-            states.append(hidden[i, positions])
-            targets.append(torch.from_numpy(item.subject_coverage(item.questions[q], reduction.segments)))
-        logits = self.relevance_head(torch.cat(states)).squeeze(-1).float()
-        target = torch.cat(targets).to(logits.device)
+        states, target = self._visual_states(
+            batch, layouts, hidden, lambda item, qa, segments: item.subject_coverage(qa, segments)
+        )
+        logits = self.relevance_head(states).squeeze(-1).float()
         with torch.no_grad():
             accuracy = float(((logits > 0) == (target >= 0.5)).float().mean())
         return balanced_bce(logits, target), accuracy
+
+    def _attribute_loss(self, batch: VideoStepBatch, layouts: dict, hidden: torch.Tensor):
+        """Cross-entropy of the shown object's attributes (:data:`OBJECT_ATTRIBUTES`) at every
+        visual token, read from the LM's hidden states at ``attribute_layer``. Tokens on an object
+        and tokens on none weigh half each in the colour and shape terms (objects cover a few
+        percent of the cells); the other attributes are asked of object tokens only. Also returns
+        the share of object tokens whose every attribute is predicted right."""
+        states, target = self._visual_states(
+            batch, layouts, hidden, lambda item, qa, segments: item.object_attributes(segments)
+        )
+        logits = self.attribute_head(states).float().split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
+        on_object = target[:, 2] != -100
+        n_object = int(on_object.sum())
+        weights = torch.where(on_object, 0.5 / max(n_object, 1), 0.5 / max(len(target) - n_object, 1)) * (
+            2.0 if n_object in (0, len(target)) else 1.0
+        )
+        loss = logits[0].new_zeros(())
+        right = torch.ones_like(on_object)
+        for k, lg in enumerate(logits):
+            per_token = F.cross_entropy(lg, target[:, k], ignore_index=-100, reduction="none")
+            loss = loss + ((per_token * weights).sum() if k < 2 else per_token.sum() / max(n_object, 1))
+            right &= (lg.argmax(-1) == target[:, k]) | (target[:, k] == -100)
+        accuracy = float(right[on_object].float().mean()) if n_object else float("nan")
+        return loss, accuracy
 
     def _question_loss(self, batch: VideoStepBatch, layouts: dict, logits: torch.Tensor) -> torch.Tensor:
         """Next-token loss on each prompt's text after the video (its last rows), the question's
@@ -336,12 +378,13 @@ class VideoLLMForTraining(nn.Module):
             mask[i, : s.shape[0]] = 1
             label_batch[i, : s.shape[0]] = lab
         relevance = self.relevance_head is not None
+        attributes = self.attribute_head is not None
         out = model.lm(
             inputs_embeds=inputs,
             attention_mask=mask,
             labels=label_batch,
             use_cache=False,
-            output_hidden_states=relevance,
+            output_hidden_states=relevance or attributes,
         )
         with torch.no_grad():
             predicted = out.logits[:, :-1].argmax(-1)
@@ -366,6 +409,11 @@ class VideoLLMForTraining(nn.Module):
             relevance_loss, relevance_acc = self._relevance_loss(batch, layouts, out.hidden_states[layer])
             loss = loss + self.relevance_weight * relevance_loss
             metrics.update(relevance_loss=float(relevance_loss.detach()), relevance_acc=relevance_acc)
+        if attributes:
+            layer = min(self.attribute_layer, len(out.hidden_states) - 1)
+            attribute_loss, attribute_acc = self._attribute_loss(batch, layouts, out.hidden_states[layer])
+            loss = loss + self.attribute_weight * attribute_loss
+            metrics.update(attribute_loss=float(attribute_loss.detach()), attribute_acc=attribute_acc)
         return loss, metrics
 
 
@@ -432,7 +480,7 @@ def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
     """Stage 2: everything but the scorer, tower at its own learning rate."""
     spec = preset.video
     model = wrapper.model
-    # the wrapper's own parameters (the relevance head) train with the LM
+    # the wrapper's own parameters (the relevance and attribute heads) train with the LM
     rest = [
         (n, p) for n, p in wrapper.named_parameters() if not n.startswith(("model.tower.", "model.scorer."))
     ]
@@ -745,6 +793,8 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         relevance_weight=preset.video.relevance_loss_weight,
         relevance_layer=preset.video.relevance_layer,
         train_relevance_head=preset.video.train_relevance_head,
+        attribute_weight=preset.video.attribute_loss_weight,
+        attribute_layer=preset.video.attribute_layer,
         question_weight=preset.video.question_loss_weight,
     )
     results["video"] = run_stage(
