@@ -361,8 +361,8 @@ def default_library():
 @pytest.mark.parametrize("example", synthetic_examples(), ids=lambda e: e.question_id)
 def test_default_model_demo_gives_the_library_answer(default_server, default_library, example):
     """Through ``make demo``'s script and ``gradio_client``, each bundled example gets the answer
-    the library gives. (Whether that is the expected answer is the model's accuracy: the v0 default
-    model gets 3 of these 12 right; ``python -m eval synthetic-report`` measures it on 1,000.)"""
+    the library gives. (Whether that is the expected answer is the model's accuracy: the default
+    model gets 6 of these 12 right; ``python -m eval synthetic-report`` measures it on 1,000.)"""
     from gradio_client import handle_file
 
     text = default_server.client().predict(
@@ -370,6 +370,18 @@ def test_default_model_demo_gives_the_library_answer(default_server, default_lib
     )
     assert text.strip()
     assert text == default_library.answer(str(example.video), example.question).text
+
+
+def test_default_model_demo_gets_the_expected_answer_to_the_featured_example(default_server):
+    """``make demo``'s page, asked through ``gradio_client`` about the example it shows first
+    ("What color is the circle?" on a bundled synthetic clip), answers what the clip shows."""
+    from gradio_client import handle_file
+
+    text = default_server.client().predict(
+        handle_file(str(FEATURED.video)), FEATURED.question, api_name="/answer"
+    )
+    assert FEATURED.answer
+    assert text.strip() == FEATURED.answer
 
 
 # -- the vLLM backend, chosen on the page ----------------------------------------------------------
