@@ -1,0 +1,94 @@
+"""What has a run's attribute loss taught the LM? Its attribute head's accuracy per attribute.
+
+A run trained with ``video.attribute_loss_weight > 0`` keeps the loss's linear head in its
+video-stage checkpoints (on the training wrapper, not in the exported model). This reads the
+run's model and that head, and on training-distribution videos of the synthetic world (indices no
+run draws), with the model's default reducer, reports per attribute the head's accuracy on the
+visual tokens that show an object (and for colour and shape, on those that show none), next to
+the share of the most frequent class (what a head that ignores the token would get).
+
+    .venv/bin/python scripts/attribute_readout.py --run runs/default [--videos 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("attribute_readout")
+
+FIRST_INDEX = 5_000_000  # video_item indices used here (as scripts/answer_attention.py)
+
+
+def readout(model, head: torch.nn.Linear, layer: int, videos: int) -> dict[str, dict[str, float]]:
+    from vidllm.train.data import OBJECT_ATTRIBUTES, video_item
+    from vidllm.train.trainer import VideoLLMForTraining, VideoStepBatch
+
+    wrapper = VideoLLMForTraining(model).eval()
+    layout = model.resolve_reducer("free-video-llm", None)
+    num_frames = model.config.reducer_config().num_frames
+    predicted, targets = [], []
+    with torch.no_grad():
+        for i in range(videos):
+            item = video_item(FIRST_INDEX + i, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
+            batch = VideoStepBatch([item], layout, "default", [(0, q) for q in range(len(item.questions))])
+            for embeds, positions, reduction in wrapper.layouts(batch).values():
+                hidden = model.lm(inputs_embeds=embeds[None], use_cache=False, output_hidden_states=True)
+                states = hidden.hidden_states[layer][0, positions].float()
+                logits = head(states).split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
+                predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
+                targets.append(item.object_attributes(reduction.segments))
+    pred, true = np.concatenate(predicted), np.concatenate(targets)
+    on_object = true[:, 2] != -100
+    out = {}
+    for k, name in enumerate(OBJECT_ATTRIBUTES):
+        t, p = true[on_object, k], pred[on_object, k]
+        row = {"object_tokens": int(on_object.sum()), "accuracy": float((t == p).mean()),
+               "majority": float(np.bincount(t).max() / len(t))}  # fmt: skip
+        if k < 2:  # colour and shape also name "none"
+            row["none_accuracy"] = float((pred[~on_object, k] == true[~on_object, k]).mean())
+        out[name] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a `vidllm train` output directory")
+    parser.add_argument("--videos", type=int, default=60, help="videos (3 questions each)")
+    args = parser.parse_args()
+    if args.videos < 1:
+        parser.error("--videos must be at least 1")
+    run = Path(args.run)
+    checkpoints = sorted((run / "video" / "checkpoints").glob("step_*"))
+    if not (run / "model").is_dir() or not checkpoints:
+        parser.error(f"{run} has no exported model and video-stage checkpoint")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import json
+
+    from safetensors.torch import load_file
+
+    import vidllm
+
+    preset = json.loads((run / "preset.json").read_text())["video"]
+    state = load_file(checkpoints[-1] / "model.safetensors")
+    if "attribute_head.weight" not in state:
+        parser.error(f"{checkpoints[-1]} has no attribute head (the run trained without the attribute loss)")
+    weight = state["attribute_head.weight"].float()
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight, "bias": state["attribute_head.bias"].float()})
+    model = vidllm.load(str(run / "model")).eval()
+    logger.info("%s, layer %d, %s", run, preset["attribute_layer"], checkpoints[-1].name)
+    logger.info("| attribute | object tokens | accuracy | majority class | accuracy on no-object tokens |")
+    logger.info("|---|---|---|---|---|")
+    for name, r in readout(model, head, preset["attribute_layer"], args.videos).items():
+        none = f"{100 * r['none_accuracy']:.1f}%" if "none_accuracy" in r else ""
+        logger.info("| %s | %d | %.1f%% | %.1f%% | %s |", name, r["object_tokens"], 100 * r["accuracy"],
+                    100 * r["majority"], none)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
