@@ -24,11 +24,12 @@ logger = logging.getLogger("attribute_readout")
 FIRST_INDEX = 5_000_000  # video_item indices used here (as scripts/answer_attention.py)
 
 
-def readout(model, head: torch.nn.Linear, layer: int, videos: int) -> dict[str, dict[str, float]]:
-    from vidllm.train.data import OBJECT_ATTRIBUTES, video_item
-    from vidllm.train.trainer import VideoLLMForTraining, VideoStepBatch
+def readout(wrapper, videos: int) -> dict[str, dict[str, float]]:
+    """Per attribute, the accuracy of ``wrapper``'s attribute head (a ``VideoLLMForTraining``)."""
+    from vidllm.train.data import OBJECT_ATTRIBUTES, WITH_NONE, video_item
+    from vidllm.train.trainer import VideoStepBatch
 
-    wrapper = VideoLLMForTraining(model).eval()
+    model, head, layer = wrapper.model, wrapper.attribute_head, wrapper.attribute_layer
     layout = model.resolve_reducer("free-video-llm", None)
     num_frames = model.config.reducer_config().num_frames
     predicted, targets = [], []
@@ -43,13 +44,13 @@ def readout(model, head: torch.nn.Linear, layer: int, videos: int) -> dict[str, 
                 predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
                 targets.append(item.object_attributes(reduction.segments))
     pred, true = np.concatenate(predicted), np.concatenate(targets)
-    on_object = true[:, 2] != -100
+    on_object = true[:, WITH_NONE] != -100
     out = {}
     for k, name in enumerate(OBJECT_ATTRIBUTES):
         t, p = true[on_object, k], pred[on_object, k]
         row = {"object_tokens": int(on_object.sum()), "accuracy": float((t == p).mean()),
                "majority": float(np.bincount(t).max() / len(t))}  # fmt: skip
-        if k < 2:  # colour and shape also name "none"
+        if k < WITH_NONE:  # colour and shape also name "none"
             row["none_accuracy"] = float((pred[~on_object, k] == true[~on_object, k]).mean())
         out[name] = row
     return out
@@ -77,14 +78,18 @@ def main() -> None:
     state = load_file(checkpoints[-1] / "model.safetensors")
     if "attribute_head.weight" not in state:
         parser.error(f"{checkpoints[-1]} has no attribute head (the run trained without the attribute loss)")
-    weight = state["attribute_head.weight"].float()
-    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    head.load_state_dict({"weight": weight, "bias": state["attribute_head.bias"].float()})
-    model = vidllm.load(str(run / "model")).eval()
+    from vidllm.train.trainer import VideoLLMForTraining
+
+    wrapper = VideoLLMForTraining(
+        vidllm.load(str(run / "model")), attribute_weight=1.0, attribute_layer=preset["attribute_layer"]
+    ).eval()
+    wrapper.attribute_head.load_state_dict(
+        {name: state[f"attribute_head.{name}"] for name in ("weight", "bias")}
+    )
     logger.info("%s, layer %d, %s", run, preset["attribute_layer"], checkpoints[-1].name)
     logger.info("| attribute | object tokens | accuracy | majority class | accuracy on no-object tokens |")
     logger.info("|---|---|---|---|---|")
-    for name, r in readout(model, head, preset["attribute_layer"], args.videos).items():
+    for name, r in readout(wrapper, args.videos).items():
         none = f"{100 * r['none_accuracy']:.1f}%" if "none_accuracy" in r else ""
         logger.info("| %s | %d | %.1f%% | %.1f%% | %s |", name, r["object_tokens"], 100 * r["accuracy"],
                     100 * r["majority"], none)  # fmt: skip

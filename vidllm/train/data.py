@@ -344,8 +344,11 @@ class TrainVideo:
         return table[owners]  # owner -1 picks the last row: no object
 
 
-# The attribute loss's columns and their class counts (colour and shape include "none").
+# The attribute loss's columns and their class counts. The first WITH_NONE columns (colour and
+# shape) have a "none" class, asked of every token; the rest are -100 (ignored) on a token that
+# shows no object, so a column past them tells object tokens from the others.
 START_BINS = 8
+WITH_NONE = 2
 OBJECT_ATTRIBUTES = {
     "color": len(COLORS) + 1,
     "shape": len(SHAPES) + 1,

@@ -46,7 +46,7 @@ from vidllm.reducer import (
     reduce_uniform,
     uniform_frames,
 )
-from vidllm.train.data import OBJECT_ATTRIBUTES, TrainVideo, video_batch
+from vidllm.train.data import OBJECT_ATTRIBUTES, WITH_NONE, TrainVideo, video_batch
 from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
 from vidllm.train.presets import LoRAStageSpec, Preset, VideoStageSpec
 
@@ -324,7 +324,7 @@ class VideoLLMForTraining(nn.Module):
             batch, layouts, hidden, lambda item, qa, segments: item.object_attributes(segments)
         )
         logits = self.attribute_head(states).float().split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
-        on_object = target[:, 2] != -100
+        on_object = target[:, WITH_NONE] != -100
         n_object = int(on_object.sum())
         weights = torch.where(on_object, 0.5 / max(n_object, 1), 0.5 / max(len(target) - n_object, 1)) * (
             2.0 if n_object in (0, len(target)) else 1.0
@@ -333,7 +333,9 @@ class VideoLLMForTraining(nn.Module):
         right = torch.ones_like(on_object)
         for k, lg in enumerate(logits):
             per_token = F.cross_entropy(lg, target[:, k], ignore_index=-100, reduction="none")
-            loss = loss + ((per_token * weights).sum() if k < 2 else per_token.sum() / max(n_object, 1))
+            loss = loss + (
+                (per_token * weights).sum() if k < WITH_NONE else per_token.sum() / max(n_object, 1)
+            )
             right &= (lg.argmax(-1) == target[:, k]) | (target[:, k] == -100)
         accuracy = float(right[on_object].float().mean()) if n_object else float("nan")
         return loss, accuracy
