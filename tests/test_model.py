@@ -186,12 +186,13 @@ def test_visual_positions_say_where_and_when_every_token_is(frames):
     torch.testing.assert_close(embeds[positions], model.projector(torch.cat([tokens, features], dim=1)))
 
 
-def test_visual_positions_and_relevance_survive_save_and_load(frames, tmp_path):
-    model = tiny_video_llm(seed=6, visual_positions=True, relevance_inputs=True)
+def test_visual_positions_relevance_and_motion_survive_save_and_load(frames, tmp_path):
+    model = tiny_video_llm(seed=6, visual_positions=True, relevance_inputs=True, motion_inputs=True)
     model.save_pretrained(tmp_path / "m")
     loaded = VideoLLM.from_pretrained(tmp_path / "m")
     assert loaded.config.visual_positions
     assert loaded.config.relevance_inputs
+    assert loaded.config.motion_inputs
     for reducer in ("free-video-llm", "uniform"):
         expected = model.prepare(frames, QUESTION, reducer=reducer).embeds
         torch.testing.assert_close(
@@ -251,3 +252,70 @@ def test_a_model_that_reads_relevance_needs_a_scorer():
     model = tiny_video_llm(seed=9, relevance_inputs=True)
     with pytest.raises(ValueError, match="needs a scorer"):
         VideoLLM(replace(model.config, scorer=None), model.tower, model.lm, model.tokenizer, None)
+
+
+@pytest.mark.parametrize("reducer", ["free-video-llm", "uniform"])
+def test_motion_inputs_give_each_token_the_feature_change_at_its_cell(frames, reducer):
+    """A whole-frame token reads the tower's features of the encoded frames around its own, later
+    minus earlier, pooled to its grid; RoI tokens read the same map cropped to their box."""
+    from vidllm.model import token_motion
+
+    model = tiny_video_llm(seed=10, motion_inputs=True, reducer={**ROI_REDUCER, "roi_mode": "reencode"})
+    prepared = model.prepare(frames, QUESTION, reducer=reducer)
+    reduction = prepared.reduction
+    features, encoded = reduction.features, reduction.encoded_frames
+    assert encoded == tuple(range(len(prepared.sampled_indices)))
+    motion = token_motion(reduction)
+    assert motion.shape == (reduction.num_tokens, model.tower.hidden_size)
+    offset, checked = 0, 0
+    for segment in reduction.segments:
+        n = segment.tokens.shape[0]
+        if segment.box in (None, (0.0, 0.0, 1.0, 1.0)):
+            i = encoded.index(segment.frame)
+            change = features[encoded[min(i + 1, len(encoded) - 1)]] - features[encoded[max(i - 1, 0)]]
+            expected = torch.nn.functional.adaptive_avg_pool2d(change.permute(2, 0, 1)[None], segment.grid)
+            torch.testing.assert_close(motion[offset : offset + n], expected[0].flatten(1).T)
+            checked += 1
+        offset += n
+    assert checked > 0
+    embeds, positions = model.layout(reduction, prepared.sampled_timestamps, QUESTION)
+    tokens = torch.cat([s.tokens for s in reduction.segments])
+    torch.testing.assert_close(embeds[positions], model.projector(torch.cat([tokens, motion], dim=1)))
+
+
+def test_motion_is_zero_on_a_still_video_and_not_where_something_moves():
+    from vidllm.model import token_motion
+
+    model = tiny_video_llm(seed=11, motion_inputs=True)
+    still = np.full((8, 32, 32, 3), 40, dtype=np.uint8)
+    assert token_motion(model.prepare(still, QUESTION).reduction).abs().max() == 0
+    moving = still.copy()
+    for t in range(8):  # a bright square crossing the frame left to right
+        moving[t, 12:20, 3 * t : 3 * t + 8] = 230
+    assert token_motion(model.prepare(moving, QUESTION).reduction).abs().max() > 0
+
+
+def test_motion_reads_only_the_frames_a_uniform_reduction_encoded():
+    """Training encodes only the frames uniform sampling keeps and zero-fills the rest: the
+    neighbours a token's motion compares are the kept frames, as at inference."""
+    from vidllm.model import token_motion
+    from vidllm.reducer import UniformConfig, reduce_uniform, uniform_frames
+
+    torch.manual_seed(0)
+    features = torch.zeros(16, 4, 4, 8)
+    kept = uniform_frames(16, 4)
+    features[kept] = torch.randn(len(kept), 4, 4, 8)
+    reduction = reduce_uniform(features, UniformConfig(num_frames=4, pool_stride=1))
+    assert reduction.encoded_frames == tuple(kept)
+    motion = token_motion(reduction)
+    first = features[kept[1]] - features[kept[0]]  # the first kept frame: itself to the next kept one
+    torch.testing.assert_close(motion[:16], first.flatten(0, 1))
+
+
+def test_a_model_that_reads_motion_refuses_a_reduction_without_features(frames):
+    from dataclasses import replace
+
+    model = tiny_video_llm(seed=12, motion_inputs=True)
+    reduction = replace(model.prepare(frames, QUESTION).reduction, features=None)
+    with pytest.raises(ValueError, match="motion"):
+        model.layout(reduction, [0.0] * len(frames), QUESTION)

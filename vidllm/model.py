@@ -82,6 +82,9 @@ class VideoLLMConfig:
     # (:func:`token_relevance`); the uniform reducer then scores the frames too (what it keeps
     # does not change).
     relevance_inputs: bool = False
+    # Give the projector how each visual token's place changes over time (:func:`token_motion`):
+    # the tower's features there a little later minus a little earlier.
+    motion_inputs: bool = False
 
     def reducer_config(self) -> ReducerConfig:
         return ReducerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.reducer.items()})
@@ -239,6 +242,39 @@ def token_relevance(reduction: Reduction, coordinates: torch.Tensor) -> torch.Te
     return sampled.flatten()
 
 
+def token_motion(reduction: Reduction, span: float = 1 / 16) -> torch.Tensor:
+    """``(N, C)`` per visual token, the tower's features at its cell a little later minus a little
+    earlier (TSN's RGB difference, on features).
+
+    A token of one frame cannot tell which way its object moves; comparing its place across frames
+    is attention a small LM trained from scratch learns late, if at all. The difference of the
+    features of the encoded frames ``span`` of them before and after (at least the neighbours,
+    clamped at the ends), cropped to the token's box and pooled to its grid as the token was, says
+    where an edge arrives and where one leaves. Reads ``reduction.features``: every encoded frame,
+    not only the kept ones.
+    """
+    if reduction.features is None or reduction.encoded_frames is None:
+        raise ValueError(
+            "this model reads motion features; the reduction does not carry the tower's features"
+        )
+    features, encoded = reduction.features, reduction.encoded_frames
+    _, h, w, _ = features.shape
+    step = max(1, round(len(encoded) * span))
+    where = {f: i for i, f in enumerate(encoded)}
+    rows = []
+    for segment in reduction.segments:
+        i = where[segment.frame]
+        change = features[encoded[min(i + step, len(encoded) - 1)]] - features[encoded[max(i - step, 0)]]
+        x0, y0, x1, y1 = segment.box or (0.0, 0.0, 1.0, 1.0)
+        crop = change[
+            round(y0 * h) : max(round(y1 * h), round(y0 * h) + 1),
+            round(x0 * w) : max(round(x1 * w), round(x0 * w) + 1),
+        ]
+        pooled = F.adaptive_avg_pool2d(crop.permute(2, 0, 1)[None].float(), segment.grid)[0]
+        rows.append(pooled.flatten(1).T)
+    return torch.cat(rows)
+
+
 class VideoLLM(nn.Module):
     """A vision tower, the token reducer, a projector and a causal LM, answering questions about videos."""
 
@@ -259,6 +295,7 @@ class VideoLLM(nn.Module):
         self.positions = VisualPositions() if config.visual_positions else None
         inputs = tower.hidden_size + (self.positions.num_features if self.positions is not None else 0)
         inputs += 1 if config.relevance_inputs else 0
+        inputs += tower.hidden_size if config.motion_inputs else 0
         self.projector = nn.Sequential(nn.Linear(inputs, mid), nn.GELU(), nn.Linear(mid, hidden))
 
     # -- construction ---------------------------------------------------------------------------
@@ -433,6 +470,8 @@ class VideoLLM(nn.Module):
                 inputs.append(self.positions(coordinates).to(self.device))
             if self.config.relevance_inputs:
                 inputs.append(token_relevance(reduction, coordinates)[:, None].to(self.device))
+        if self.config.motion_inputs:
+            inputs.append(token_motion(reduction).to(self.device, torch.float32))
         return self.projector(torch.cat(inputs, dim=1).to(self.projector[0].weight.dtype))
 
     def prompt_text_ids(self, question: str) -> tuple[list[int], list[int]]:

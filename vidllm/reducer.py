@@ -266,6 +266,11 @@ class Reduction:
     config: ReducerConfig | UniformConfig
     frame_scores: torch.Tensor | None = None  # question relevance per sampled frame
     patch_scores: torch.Tensor | None = None  # (N, hs, ws) question relevance per patch, if scored
+    # The tower features the reduction was made from, (N, h, w, C), and which of the N frames were
+    # encoded (a uniform reduction in training gets features zero-filled at the frames it skips):
+    # for models that read more of them than the reduction kept (VideoLLMConfig.motion_inputs).
+    features: torch.Tensor | None = None
+    encoded_frames: tuple[int, ...] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -350,7 +355,7 @@ def reduce_uniform(
     segments = [
         Segment("uniform", f, pooled[i].flatten(0, 1), tuple(pooled.shape[1:3])) for i, f in enumerate(frames)
     ]
-    return Reduction(segments, config, frame_scores, patch_scores)
+    return Reduction(segments, config, frame_scores, patch_scores, features, tuple(frames))
 
 
 def reduce_free_video_llm(
@@ -406,7 +411,7 @@ def reduce_free_video_llm(
     if fast_hw[0] and fast_hw[1]:
         fast = adaptive_pool(features, fast_hw)
         segments.extend(Segment("fast", f, fast[f].flatten(0, 1), fast_hw) for f in range(n))
-    return Reduction(segments, config, frame_scores, patch_scores)
+    return Reduction(segments, config, frame_scores, patch_scores, features, tuple(range(n)))
 
 
 REDUCERS = ("free-video-llm", "uniform")

@@ -132,6 +132,7 @@ def tiny_video_llm(
     lm_overrides: dict[str, Any] | None = None,
     visual_positions: bool = False,
     relevance_inputs: bool = False,
+    motion_inputs: bool = False,
 ):
     """A tiny :class:`vidllm.model.VideoLLM` (random weights, deterministic per ``seed``).
 
@@ -158,5 +159,6 @@ def tiny_video_llm(
         max_new_tokens=4,
         visual_positions=visual_positions,
         relevance_inputs=relevance_inputs,
+        motion_inputs=motion_inputs,
     )
     return VideoLLM(config, tower, lm, tokenizer, scorer).eval()

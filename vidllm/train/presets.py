@@ -53,6 +53,7 @@ class ModelSpec:
     projector_hidden: int | None = None
     visual_positions: bool = False  # vidllm.model.VisualPositions as projector inputs
     relevance_inputs: bool = False  # vidllm.model.token_relevance as a projector input
+    motion_inputs: bool = False  # vidllm.model.token_motion as a projector input
     max_new_tokens: int = 8
     # The question before the video as well as after it: a causal LM's visual tokens can then
     # attend to it, so each can tell whether it shows what is asked about (for a small LM

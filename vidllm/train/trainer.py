@@ -126,6 +126,7 @@ def build_video_llm(preset: Preset, tokenizer, dual_encoder, *, train_tower: boo
         projector_hidden=spec.projector_hidden,
         visual_positions=spec.visual_positions,
         relevance_inputs=spec.relevance_inputs,
+        motion_inputs=spec.motion_inputs,
         max_new_tokens=spec.max_new_tokens,
         prompt_template=spec.prompt_template,
     )
