@@ -267,6 +267,25 @@ def test_video_item_is_deterministic_and_sampled_like_a_file():
     assert [v.scene.video_id for v in batch] == ["synthetic_train_0000006", "synthetic_train_0000007"]
 
 
+def test_balanced_extras_ask_other_templates_and_fewer_absent_shape_counts():
+    """Uniform further questions are mostly counts of absent shapes (answer 0); balanced ones
+    ask each video a template it has not been asked while one is left, answers drawn uniformly."""
+    kwargs = dict(seed=0, num_frames=2, questions=3, mc_share=0.0, size=(16, 16), source_frames=4)
+    zero_counts = {}
+    for balanced in (False, True):
+        items = [video_item(i, balanced_extras=balanced, **kwargs) for i in range(300)]
+        extras = [qa.question for item in items for qa in item.questions[1:]]
+        zero_counts[balanced] = sum(q.template == "count" and q.answer == "0" for q in extras) / len(extras)
+        if balanced:
+            for item in items:
+                templates = [qa.question.template for qa in item.questions]
+                offered = {c[0] for c in well_posed(item.scene, WorldConfig())}
+                assert len(set(templates)) == min(len(templates), len(offered | {templates[0]}))
+    assert zero_counts[True] < 0.6 * zero_counts[False]
+    same = video_item(5, balanced_extras=True, **kwargs), video_item(5, balanced_extras=True, **kwargs)
+    assert [q.prompt for q in same[0].questions] == [q.prompt for q in same[1].questions]
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoints, schedule, log
 # ----------------------------------------------------------------------------------------------

@@ -358,6 +358,19 @@ OBJECT_ATTRIBUTES = {
 }
 
 
+def balanced_pick(rng: np.random.Generator, candidates: Sequence[tuple], asked: set[str]) -> tuple:
+    """One of ``(template, slots, answer, subjects)`` candidates: a template uniformly among those
+    not in ``asked`` (among all when every one is), then an answer uniformly among that
+    template's, then a candidate with it."""
+    templates = sorted({c[0] for c in candidates})
+    templates = [t for t in templates if t not in asked] or templates
+    template = templates[int(rng.integers(len(templates)))]
+    answers = sorted({c[2] for c in candidates if c[0] == template})
+    answer = answers[int(rng.integers(len(answers)))]
+    matching = [c for c in candidates if c[0] == template and c[2] == answer]
+    return matching[int(rng.integers(len(matching)))]
+
+
 def video_item(
     index: int,
     *,
@@ -370,8 +383,16 @@ def video_item(
     yuv420_prob: float = 0.5,
     compress_prob: float = 0.0,
     world: WorldConfig | None = None,
+    balanced_extras: bool = False,
 ) -> TrainVideo:
-    """Training video ``index``: the targeted item and up to ``questions - 1`` more about its scene."""
+    """Training video ``index``: the targeted item and up to ``questions - 1`` more about its scene.
+
+    The further questions are drawn from every well-posed question about the scene: uniformly
+    (``balanced_extras=False``), which asks mostly ``count`` (one candidate per shape) and mostly
+    about absent shapes (answer 0); or with the template drawn uniformly among those the video
+    has not been asked yet, then the answer uniformly among that template's, as the primary
+    question's template and answer are (:func:`balanced_pick`).
+    """
     world = world or WorldConfig()
     rng = split_rng("train", index, seed)
     video_id = f"synthetic_train_{index:07d}"
@@ -380,14 +401,20 @@ def video_item(
     key = lambda template, slots: (template, frozenset(slots.values()))
     seen = {key(primary.template, primary.slots)}
     extra = [c for c in well_posed(scene, world) if key(c[0], c[1]) not in seen]
-    for i in rng.permutation(len(extra)):
-        if len(asked) >= questions:
-            break
-        template, slots = extra[int(i)][:2]
-        if key(template, slots) in seen:
-            continue
-        seen.add(key(template, slots))
-        asked.append(make_question(rng, scene, template, slots, world, f"{video_id}_q{len(asked)}"))
+    if balanced_extras:
+        while extra and len(asked) < questions:
+            template, slots = balanced_pick(rng, extra, {q.template for q in asked})[:2]
+            extra = [c for c in extra if key(c[0], c[1]) != key(template, slots)]
+            asked.append(make_question(rng, scene, template, slots, world, f"{video_id}_q{len(asked)}"))
+    else:
+        for i in rng.permutation(len(extra)):
+            if len(asked) >= questions:
+                break
+            template, slots = extra[int(i)][:2]
+            if key(template, slots) in seen:
+                continue
+            seen.add(key(template, slots))
+            asked.append(make_question(rng, scene, template, slots, world, f"{video_id}_q{len(asked)}"))
     video = render(scene, source_frames, size)
     keep = uniform_frames(source_frames, num_frames)
     if compress_prob > 0 and rng.random() < compress_prob:  # the codec sees the whole video
@@ -426,6 +453,7 @@ __all__ = [
     "ScorerBatch",
     "TrainVideo",
     "augment",
+    "balanced_pick",
     "cell_attributes",
     "cell_coverage",
     "question_sets_balance",

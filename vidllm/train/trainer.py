@@ -457,6 +457,7 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
             num_frames=reducer.num_frames,
             questions=stage.questions,
             mc_share=spec.mc_share,
+            balanced_extras=spec.balanced_extras,
             yuv420_prob=stage.yuv420_prob,
             compress_prob=stage.compress_prob,
         )

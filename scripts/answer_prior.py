@@ -1,0 +1,61 @@
+"""The answers a video-stage run trains on: per template, the share of each answer.
+
+Draws a preset's video-stage batches exactly as training does (the same layouts, the same
+questions kept within ``max_lm_tokens``) and counts the trained questions' templates and
+answers. An answer far above ``1 / len(answers)`` is a prior the LM can learn instead of reading
+the video.
+
+    .venv/bin/python scripts/answer_prior.py [--steps 500] [--set video.balanced_extras=true]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--model", default="default", help="a model with the preset's layouts (vidllm.load)")
+    parser.add_argument("--steps", type=int, default=500, help="batches to draw, from step 0")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="preset field=JSON value"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import vidllm
+    from vidllm.train.presets import get_preset
+    from vidllm.train.trainer import make_video_batch_fn
+
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.overrides)}
+    preset = get_preset(args.preset, overrides)
+    model = vidllm.load(args.model)
+    batch_fn = make_video_batch_fn(model, preset, preset.video, mix=preset.video.reducer_mix, stage_seed=2)
+    answers: Counter = Counter()
+    for step in range(args.steps):
+        batch = batch_fn(step, 0, 1)
+        for v, q in batch.selected:
+            question = batch.videos[v].questions[q].question
+            answers[question.template, question.answer] += 1
+
+    total = sum(answers.values())
+    lines = [
+        f"preset {args.preset} {overrides or ''}: {total} trained questions in {args.steps} steps",
+        "",
+        "| template | share of questions | answers (share within the template) |",
+        "|---|---|---|",
+    ]
+    for template in sorted({t for t, _ in answers}):
+        n = sum(c for (t, _), c in answers.items() if t == template)
+        shares = sorted(((a, c / n) for (t, a), c in answers.items() if t == template), key=lambda x: -x[1])
+        top = ", ".join(f"{a} {s:.0%}" for a, s in shares[:6])
+        lines.append(f"| {template} | {n / total:.1%} | {top}{', ...' if len(shares) > 6 else ''} |")
+    logging.getLogger("answer_prior").info("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
