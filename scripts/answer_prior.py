@@ -11,9 +11,10 @@ the video.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter
+
+from vidllm.commands.train import parse_override
 
 
 def main() -> None:
@@ -21,9 +22,8 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--model", default="default", help="a model with the preset's layouts (vidllm.load)")
     parser.add_argument("--steps", type=int, default=500, help="batches to draw, from step 0")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="preset field=JSON value"
-    )
+    parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
+                        metavar="KEY=VALUE", help="override a preset field, as `vidllm train --set` does")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -31,7 +31,7 @@ def main() -> None:
     from vidllm.train.presets import get_preset
     from vidllm.train.trainer import make_video_batch_fn
 
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.overrides)}
+    overrides = dict(args.overrides)
     preset = get_preset(args.preset, overrides)
     model = vidllm.load(args.model)
     batch_fn = make_video_batch_fn(model, preset, preset.video, mix=preset.video.reducer_mix, stage_seed=2)

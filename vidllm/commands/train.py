@@ -19,7 +19,8 @@ import json
 import sys
 
 
-def _override(text: str) -> tuple[str, object]:
+def parse_override(text: str) -> tuple[str, object]:
+    """``--set KEY=VALUE``: the dotted preset field and its value (JSON where it parses, else the text)."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"an override is KEY=VALUE (e.g. video.steps=100), got {text!r}")
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--export-to", default=None, help="also copy the exported model to this directory")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's)")
-    parser.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
+    parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
                         metavar="KEY=VALUE", help="override a preset field, e.g. video.steps=500 (repeatable)")  # fmt: skip
     parser.add_argument(
         "--no-validation", action="store_true", help="skip the validation accuracy at the end"

@@ -103,7 +103,7 @@ class VideoStageSpec:
     max_lm_tokens: int = 4800  # fewer questions in a step whose layout is long
     mc_share: float = 0.25
     # How a video's further questions are drawn (vidllm.train.data.video_item): uniformly among
-    # its well-posed questions (false: half the count answers are then 0), or with templates and
+    # its well-posed questions (false: 46% of the count answers are then 0), or with templates and
     # answers drawn uniformly as the targeted question's are (true).
     balanced_extras: bool = False
     lr: float = 1e-3
