@@ -37,6 +37,7 @@ configs = st.builds(
     pool_stride=st.integers(1, 3),
     roi_ratio=st.floats(0.05, 1.0),
     roi_mode=st.sampled_from(["tokens", "reencode"]),
+    roi_center=st.sampled_from(["mean", "window"]),
 )
 
 
@@ -102,11 +103,50 @@ def test_roi_box_is_centred_on_the_mean_of_the_top_patches():
     assert (top, left) == (3 - 1, 4 - 1)
 
 
+def test_window_box_stays_on_a_small_subject_where_the_mean_of_the_top_cells_drifts_off():
+    """The default reducer's grid (8x4 pooled) and crop (0.25: a 4x2 box): one subject cell
+    scores high, the rest of the frame a little above background here and there (cosine
+    similarities, as the scorer's). The mean of the top 8 cells lands between the noise cells
+    and the box misses the subject; the window holding the most relevance keeps it."""
+    scores = torch.full((8, 4), 0.10)
+    scores[1, 0] = 0.60  # the subject
+    for cell in [(6, 3), (7, 3), (7, 2), (6, 2), (5, 3), (7, 1), (5, 2)]:
+        scores[cell] = 0.25
+    top, left, bottom, right = roi_box(scores, 0.25, "mean")
+    assert not (top <= 1 < bottom and left <= 0 < right)
+    top, left, bottom, right = roi_box(scores, 0.25, "window")
+    assert (bottom - top, right - left) == roi_size((8, 4), 0.25) == (4, 2)
+    assert top <= 1 < bottom
+    assert left <= 0 < right
+
+
+def test_window_box_holds_as_many_subjects_as_fit():
+    """Two subjects of a count question that fit in one box are both kept, not a lone higher cell."""
+    scores = torch.zeros(8, 4)
+    scores[4, 2], scores[6, 3] = 0.5, 0.5
+    scores[0, 0] = 0.52  # a lone cell a little higher than either
+    top, left, bottom, right = roi_box(scores, 0.25, "window", temperature=0.05)
+    assert top <= 4
+    assert bottom > 6
+    assert left <= 2
+    assert right > 3
+
+
+def test_roi_center_and_temperature_are_checked():
+    with pytest.raises(ValueError, match="roi_center"):
+        ReducerConfig(roi_center="median")
+    with pytest.raises(ValueError, match="roi_temperature"):
+        ReducerConfig(roi_center="window", roi_temperature=0.0)
+    with pytest.raises(ValueError, match="center"):
+        roi_box(torch.zeros(4, 4), 0.25, "median")
+
+
+@pytest.mark.parametrize("center", ["mean", "window"])
 @pytest.mark.parametrize("corner", [(0, 0), (0, 9), (9, 0), (9, 9)])
-def test_roi_box_is_clipped_inside_the_frame(corner):
+def test_roi_box_is_clipped_inside_the_frame(corner, center):
     scores = torch.zeros(10, 10)
     scores[corner] = 1.0
-    top, left, bottom, right = roi_box(scores, 0.01)
+    top, left, bottom, right = roi_box(scores, 0.01, center)
     assert 0 <= top < bottom <= 10
     assert 0 <= left < right <= 10
     bh, bw = roi_size((10, 10), 0.01)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 Grid = tuple[int, int]
 PATHS = ("slow", "middle", "fast", "uniform")
+ROI_CENTERS = ("mean", "window")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,6 +60,13 @@ class ReducerConfig:
         roi_ratio: area ratio of the region-of-interest box; 1.0 keeps the whole frame.
         roi_mode: ``"tokens"`` crops the pooled token grid (the paper); ``"reencode"`` crops the
             frame's pixels and encodes the crop again at full resolution.
+        roi_center: where the box goes (:func:`roi_box`): ``"mean"`` centres it on the mean
+            position of the top-scoring cells (the official code); ``"window"`` puts it where it
+            holds the most relevance, each cell weighted ``exp((score - max) / roi_temperature)``.
+            The two agree for a large box; for a small one, the mean of the top cells drifts off
+            a small subject.
+        roi_temperature: the ``"window"`` weights' temperature, in units of the scores (cosine
+            similarities): a cell far below the frame's peak adds almost nothing.
     """
 
     num_frames: int = 50
@@ -68,6 +76,8 @@ class ReducerConfig:
     pool_stride: int = 2
     roi_ratio: float = 0.8
     roi_mode: Literal["tokens", "reencode"] = "tokens"
+    roi_center: Literal["mean", "window"] = "mean"
+    roi_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -82,6 +92,10 @@ class ReducerConfig:
             raise ValueError(f"roi_ratio must be in (0, 1], got {self.roi_ratio}")
         if self.roi_mode not in ("tokens", "reencode"):
             raise ValueError(f"roi_mode must be 'tokens' or 'reencode', got {self.roi_mode!r}")
+        if self.roi_center not in ROI_CENTERS:
+            raise ValueError(f"roi_center must be one of {ROI_CENTERS}, got {self.roi_center!r}")
+        if not self.roi_temperature > 0:
+            raise ValueError(f"roi_temperature must be > 0, got {self.roi_temperature}")
         object.__setattr__(self, "fast_grid", tuple(int(v) for v in self.fast_grid))
 
     def to_dict(self) -> dict:
@@ -314,16 +328,28 @@ def middle_frames(num_frames: int, m: int) -> list[int]:
     return sorted({int(v) for v in torch.linspace(0, num_frames, m + 1)[:-1].tolist()})
 
 
-def roi_box(scores: torch.Tensor, ratio: float) -> tuple[int, int, int, int]:
+def roi_box(
+    scores: torch.Tensor, ratio: float, center: str = "mean", temperature: float = 0.05
+) -> tuple[int, int, int, int]:
     """The RoI box ``(top, left, bottom, right)`` in cells on the grid of ``scores`` (h, w).
 
-    Centred on the mean position of the ``int(h * w * ratio)`` highest-scoring cells (integer
-    truncation, as the official code), of size :func:`roi_size`, shifted inside the grid.
+    Of size :func:`roi_size`. ``center="mean"``: centred on the mean position of the
+    ``int(h * w * ratio)`` highest-scoring cells (integer truncation, as the official code),
+    shifted inside the grid. ``center="window"``: of all the boxes of that size inside the grid,
+    the one that holds the most relevance, a cell weighing ``exp((score - max) / temperature)``
+    (the first in row-major order on a tie).
     """
     h, w = scores.shape
     bh, bw = roi_size((h, w), ratio)
     if (bh, bw) == (h, w):
         return 0, 0, h, w
+    if center == "window":
+        weights = torch.exp((scores.float() - scores.max().float()) / temperature)
+        sums = F.avg_pool2d(weights[None, None], (bh, bw), stride=1)[0, 0]
+        top, left = divmod(int(sums.flatten().argmax()), sums.shape[1])
+        return top, left, top + bh, left + bw
+    if center != "mean":
+        raise ValueError(f"center must be one of {ROI_CENTERS}, got {center!r}")
     n_top = max(1, int(h * w * ratio))
     top_idx = torch.topk(scores.flatten().float(), n_top).indices
     cy = int((top_idx // w).float().mean())
@@ -400,7 +426,9 @@ def reduce_free_video_llm(
             if patch_scores is None or config.roi_ratio >= 1.0:
                 t0, l0, t1, l1 = 0, 0, *pooled_hw
             else:
-                t0, l0, t1, l1 = roi_box(grid_scores[f], config.roi_ratio)
+                t0, l0, t1, l1 = roi_box(
+                    grid_scores[f], config.roi_ratio, config.roi_center, config.roi_temperature
+                )
             box = (l0 / pooled_hw[1], t0 / pooled_hw[0], l1 / pooled_hw[1], t1 / pooled_hw[0])
             if config.roi_mode == "reencode" and (t0, l0, t1, l1) != (0, 0, *pooled_hw):
                 crop = max_pool_width(reencode(f, box)[None], config.pool_stride)[0]
