@@ -396,6 +396,13 @@ def test_preset_overrides():
     assert PRESETS["default"].video.steps != 7  # a copy
     with pytest.raises(KeyError):
         get_preset("default", {"video.nope": 1})
+    # an entry of a dict field: how v10 is this preset with the official RoI placement
+    v10 = get_preset("default", {"model.reducer.roi_center": "mean"})
+    assert v10.model.reducer["roi_center"] == "mean"
+    assert PRESETS["default"].model.reducer["roi_center"] == "window"
+    for key in ("model.reducer.nope", "model.nope.roi_center", "model.reducer.roi_center.nope"):
+        with pytest.raises(KeyError, match="does not exist"):
+            get_preset("default", {key: 1})
     with pytest.raises(KeyError, match="unknown preset"):
         get_preset("nope")
     assert math.isclose(sum(e["weight"] for e in PRESETS["default"].video.reducer_mix), 1.0)

@@ -220,7 +220,9 @@ def _from_dict(cls, data: dict[str, Any]):
 # frames) always fall on a sampled frame at 32 (every 1.56 frames) and not always at 24 or 16.
 # With the tower's 8x8 grid, pooled 2x along the width: 3 slow + 4 middle frames of 32 tokens,
 # each re-encoded on a region of interest of a quarter of the frame (crop ratio 0.25: a 2x zoom,
-# what a small object needs; 0.8 zooms only 1.12x), and all 32 frames pooled to 2x2 on the fast
+# what a small object needs; 0.8 zooms only 1.12x) placed where it holds the most relevance
+# (roi_center "window": the official mean of the top cells leaves a small subject outside such a
+# crop two times in three, scripts/roi_coverage.py), and all 32 frames pooled to 2x2 on the fast
 # path: 224 + 128 = 352 visual tokens, 17% of the 2,048 of 32 full frames. Uniform sampling at the
 # same budget keeps 5 frames and sees a short-lived subject in about half of the videos.
 DEFAULT_REDUCER = {
@@ -231,6 +233,7 @@ DEFAULT_REDUCER = {
     "pool_stride": 2,
     "roi_ratio": 0.25,
     "roi_mode": "reencode",
+    "roi_center": "window",
 }
 
 # The LM: 4 VersatileFFN layers of width 128, heads of 32 (a size vLLM's CPU attention takes),
@@ -275,7 +278,7 @@ DEFAULT = Preset(
     description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
     model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER, visual_positions=True, motion_inputs=True),
     scorer=ScorerStageSpec(steps=2000),
-    # The shipped model (v10). v0, the first shipped model, trained on the answers and a
+    # The shipped model (v11). v0, the first shipped model, trained on the answers and a
     # relevance loss through a fixed random head (train_relevance_head=False, as here); v8 added
     # the attribute loss (every visual token asked, at layer 2, for its object's colour, shape,
     # direction, appearance time and same-shape count) and gave the projector each token's
@@ -285,8 +288,10 @@ DEFAULT = Preset(
     # feature change across the encoded frames around its own (motion_inputs): direction
     # answers 25% -> 73%, but count 59% -> 30%, nearly always "0", the commonest count answer in
     # training (46%). v10 draws each video's further questions as its targeted one is drawn
-    # (balanced_extras; 0 is then 37% of the count answers). docs/training_runs.md has them
-    # all: v9 is this preset with video.balanced_extras=false, v8 also with
+    # (balanced_extras; 0 is then 37% of the count answers). v11 places the crops on the
+    # subject (the reducer's roi_center="window"): shape and direction answers 74% -> 91%, but
+    # count 52% -> 27%, mostly "1". docs/training_runs.md has them all: v10 is this preset with
+    # model.reducer.roi_center=mean, v9 also with video.balanced_extras=false, v8 also with
     # model.motion_inputs=false; v0 also with model.visual_positions=false and
     # video.attribute_loss_weight=0.
     video=VideoStageSpec(
@@ -370,18 +375,27 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (DEFAULT, PARAMETERNET, SMOKE)}
 
 
 def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
-    """A copy of the named preset with dotted ``overrides`` applied (``{"video.steps": 10}``)."""
+    """A copy of the named preset with dotted ``overrides`` applied (``{"video.steps": 10}``).
+
+    A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``).
+    """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     preset = copy.deepcopy(PRESETS[name])
     for key, value in (overrides or {}).items():
         target = preset
         *path, last = key.split(".")
-        for part in path:
-            target = getattr(target, part)
-        if not hasattr(target, last):
+        try:
+            for part in path:
+                target = target[part] if isinstance(target, dict) else getattr(target, part)
+        except (AttributeError, KeyError):
+            raise KeyError(f"preset field {key!r} does not exist") from None
+        if isinstance(target, dict) and last in target:
+            target[last] = value
+        elif not isinstance(target, dict) and hasattr(target, last):
+            setattr(target, last, value)
+        else:
             raise KeyError(f"preset field {key!r} does not exist")
-        setattr(target, last, value)
     return preset
 
 
