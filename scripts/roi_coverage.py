@@ -26,59 +26,60 @@ logger = logging.getLogger("roi_coverage")
 CENTERS = ("mean", "window")
 
 
+def count_in_crops(counts: dict, reduction, question, scene, times) -> None:
+    """Add one reduction's crops of one question to ``counts`` (``{row: [hits, total]}``)."""
+    seen = set()
+    for seg in reduction.segments:
+        if seg.path == "fast":
+            continue
+        t = float(times[seg.frame])
+        x0, y0, x1, y1 = seg.box if seg.box is not None else (0.0, 0.0, 1.0, 1.0)
+        for i in question.subjects:
+            obj = scene.objects[i]
+            if not obj.visible(t):
+                continue
+            bx0, by0, bx1, by1 = obj.box(t)
+            inside = x0 <= (bx0 + bx1) / 2 <= x1 and y0 <= (by0 + by1) / 2 <= y1
+            if inside:
+                seen.add(i)
+            rows = [question.template] + ([f"{question.template}, small subject"] if obj.small else [])
+            for row in rows:
+                counts[row][0] += inside
+                counts[row][1] += 1
+    if question.template == "count" and len(question.subjects) >= 2:
+        row = "count >= 2: every subject in some crop"
+        counts[row][0] += len(seen) == len(question.subjects)
+        counts[row][1] += 1
+
+
 def coverage(model, split: str, videos: int, questions_per_video: int = 3) -> dict:
     """``{center: {row: [hits, total]}}`` over the question set (see the module docstring)."""
     import torch
 
-    from vidllm.data.synthetic import QuestionSet, render
-    from vidllm.data.synthetic.writer import h264_roundtrip
     from vidllm.reducer import ReducerConfig, reduce_free_video_llm
-    from vidllm.train.trainer import as_video
+    from vidllm.train.trainer import question_set_videos
 
     base = model.resolve_reducer("free-video-llm", None)
     if not isinstance(base, ReducerConfig) or base.roi_ratio >= 1.0:
         raise SystemExit("the model's default reducer crops nothing (roi_ratio 1.0): nothing to measure")
-    qset = QuestionSet.build(split, videos, questions_per_video)
     counts: dict[str, dict[str, list[int]]] = {c: defaultdict(lambda: [0, 0]) for c in CENTERS}
-    by_video = defaultdict(list)
-    for q in qset.questions:
-        by_video[q.video_id].append(q)
     with torch.no_grad():
-        for video_id, questions in by_video.items():
-            scene = qset.scene(video_id)
-            frames = h264_roundtrip(render(scene, 50, (96, 96)), fps=50 / scene.duration)
-            video = as_video(frames, scene.timestamps(50), base.num_frames, codec="h264")
-            times = scene.frame_times(50)
+        for scene, video, questions in question_set_videos(
+            split, videos, questions_per_video, base.num_frames
+        ):
+            all_times = scene.frame_times(50)
             for q in questions:
-                prepared = model.prepare(video, q.question)
+                # features and scores only: with roi_ratio 1.0 the model re-encodes no crop here
+                prepared = model.prepare(video, q.question, roi_ratio=1.0)
                 r = prepared.reduction
+                times = [all_times[i] for i in prepared.sampled_indices]
                 blank = torch.zeros_like(r.features[0])  # the crops' features are not needed
                 for center in CENTERS:
                     config = replace(base, roi_center=center)
                     reduction = reduce_free_video_llm(
                         r.features, r.frame_scores, r.patch_scores, config, lambda f, box, blank=blank: blank
                     )
-                    seen = set()
-                    for seg in reduction.segments:
-                        if seg.path == "fast":
-                            continue
-                        t = float(times[prepared.sampled_indices[seg.frame]])
-                        x0, y0, x1, y1 = seg.box if seg.box is not None else (0.0, 0.0, 1.0, 1.0)
-                        for i in q.subjects:
-                            obj = scene.objects[i]
-                            if not obj.visible(t):
-                                continue
-                            bx0, by0, bx1, by1 = obj.box(t)
-                            inside = x0 <= (bx0 + bx1) / 2 <= x1 and y0 <= (by0 + by1) / 2 <= y1
-                            seen.update([i] if inside else [])
-                            rows = [q.template] + ([f"{q.template}, small subject"] if obj.small else [])
-                            for row in rows:
-                                counts[center][row][0] += inside
-                                counts[center][row][1] += 1
-                    if q.template == "count" and len(q.subjects) >= 2:
-                        row = "count >= 2: every subject in some crop"
-                        counts[center][row][0] += len(seen) == len(q.subjects)
-                        counts[center][row][1] += 1
+                    count_in_crops(counts[center], reduction, q, scene, times)
     return counts
 
 

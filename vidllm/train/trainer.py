@@ -29,9 +29,10 @@ import shutil
 import string
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from vidllm.reducer import (
 from vidllm.train.data import OBJECT_ATTRIBUTES, WITH_NONE, TrainVideo, video_batch
 from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
 from vidllm.train.presets import LoRAStageSpec, Preset, VideoStageSpec
+
+if TYPE_CHECKING:
+    from vidllm.data.synthetic import Question, Scene
 
 logger = logging.getLogger(__name__)
 
@@ -555,6 +559,30 @@ def as_video(frames: np.ndarray, timestamps: np.ndarray, num_frames: int, codec:
     return Video(frames[keep], np.asarray(timestamps)[keep], np.asarray(keep, dtype=np.int64), meta)
 
 
+def question_set_videos(split: str, num_videos: int, questions_per_video: int, num_frames: int,
+                        compress: bool = True) -> Iterator[tuple[Scene, Any, list[Question]]]:  # fmt: skip
+    """``(scene, video, questions)`` of a fixed question set of ``split``, video by video, rendered
+    like the test split (96x96, 50 frames over 5 s, H.264 when ``compress``) and sampled to
+    ``num_frames`` as the decoder samples files."""
+    from vidllm.data.synthetic import QuestionSet, render
+    from vidllm.data.synthetic.writer import h264_roundtrip
+
+    qset = QuestionSet.build(split, num_videos, questions_per_video)
+    by_video: dict[str, list[Question]] = defaultdict(list)
+    for q in qset.questions:
+        by_video[q.video_id].append(q)
+    for video_id, questions in by_video.items():
+        scene = qset.scene(video_id)
+        frames = render(scene, 50, (96, 96))
+        if compress:
+            frames = h264_roundtrip(frames, fps=50 / scene.duration)
+        yield (
+            scene,
+            as_video(frames, scene.timestamps(50), num_frames, codec="h264" if compress else "rawvideo"),
+            questions,
+        )
+
+
 def validate(
     model,
     *,
@@ -572,28 +600,19 @@ def validate(
     Returns, per ``reducer@budget``: overall accuracy, per template, on questions about
     short-lived or small subjects, and the mean visual tokens fed.
     """
-    from vidllm.data.synthetic import QuestionSet, render
-    from vidllm.data.synthetic.writer import h264_roundtrip
-
-    qset = QuestionSet.build(split, num_videos, questions_per_video)
     num_frames = model.config.reducer_config().num_frames
-    by_video: dict[str, list] = defaultdict(list)
-    for q in qset.questions:
-        by_video[q.video_id].append(q)
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    items = list(by_video.items())
+    items = question_set_videos(split, num_videos, questions_per_video, num_frames, compress)
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(items, desc="validation", unit="video")
+        items = tqdm(items, desc="validation", unit="video", total=num_videos)
     was_training = model.training
     model.eval()
-    for video_id, questions in items:
-        scene = qset.scene(video_id)
-        frames = render(scene, 50, (96, 96))
-        if compress:
-            frames = h264_roundtrip(frames, fps=50 / scene.duration)
-        video = as_video(frames, scene.timestamps(50), num_frames, codec="h264" if compress else "rawvideo")
+    videos_seen = questions_seen = 0
+    for _, video, questions in items:
+        videos_seen += 1
+        questions_seen += len(questions)
         for reducer in reducers:
             for budget in budgets:
                 answers = model.answer_batch([video] * len(questions), [q.question for q in questions],
@@ -612,8 +631,8 @@ def validate(
                     )
     model.train(was_training)
     summary: dict[str, Any] = {
-        "questions": len(qset.questions),
-        "videos": len(by_video),
+        "questions": questions_seen,
+        "videos": videos_seen,
         "compress": compress,
     }
     for key, rows in records.items():
@@ -864,6 +883,7 @@ __all__ = [
     "lora_stage",
     "make_video_batch_fn",
     "normalize_answer",
+    "question_set_videos",
     "train",
     "validate",
     "video_stage",
