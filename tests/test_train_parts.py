@@ -400,7 +400,7 @@ def test_preset_overrides():
     v10 = get_preset("default", {"model.reducer.roi_center": "mean"})
     assert v10.model.reducer["roi_center"] == "mean"
     assert PRESETS["default"].model.reducer["roi_center"] == "window"
-    for key in ("model.reducer.nope", "model.nope.roi_center", "model.reducer.roi_center.nope"):
+    for key in ("model.reducer.nope", "model.nope.roi_center", "model.reducer.roi_center.upper"):
         with pytest.raises(KeyError, match="does not exist"):
             get_preset("default", {key: 1})
     with pytest.raises(KeyError, match="unknown preset"):

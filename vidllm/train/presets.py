@@ -392,7 +392,7 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
             raise KeyError(f"preset field {key!r} does not exist") from None
         if isinstance(target, dict) and last in target:
             target[last] = value
-        elif not isinstance(target, dict) and hasattr(target, last):
+        elif is_dataclass(target) and hasattr(target, last):
             setattr(target, last, value)
         else:
             raise KeyError(f"preset field {key!r} does not exist")
