@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from vidllm.api import CHECKPOINTS_DIR
-from vidllm.testing.vllm import free_port
+from vidllm.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = CHECKPOINTS_DIR / "default"

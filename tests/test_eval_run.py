@@ -21,6 +21,7 @@ from eval_helpers import LAYOUT_WRITERS, build_tiny_videollm, write_json, write_
 from eval.records import read_records
 from eval.runner import IncompleteRunError, RunMismatchError, VideoQAConfig, merge, run_video_qa
 from eval.tasks import get_task
+from vidllm.testing.processes import free_port, run_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -465,11 +466,12 @@ def test_two_accelerate_processes_give_the_single_process_metrics(reference, tmp
     out = tmp_path / "two"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "eval",
+        "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+        "--dynamo_backend", "no", "-m", "eval",
         "video-qa", "--model", config.model, "--task", config.task, "--data-root", config.data_root,
         "--output-dir", str(out), "--no-progress",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1200)
+    done = run_process_group(command, cwd=REPO, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     shards = sorted(p.name for p in (out / "shards").iterdir())
     assert shards == ["rank0.jsonl", "rank1.jsonl"]

@@ -1,4 +1,5 @@
-"""The installed environment: torchvision's import mend, the console script, the set-up script."""
+"""The installed environment: torchvision's import mend, the console script, the set-up script,
+and the process-group runner the multi-process tests use."""
 
 from __future__ import annotations
 
@@ -114,3 +115,29 @@ def test_setup_script_is_idempotent():
     )
     assert proc.returncode == 0, proc.stderr
     assert "up to date" in proc.stdout
+
+
+def test_process_group_runner_kills_every_process_and_shows_where_they_were(tmp_path):
+    """Past its limit, :func:`run_process_group` aborts the whole group (the launcher and the child
+    it started), shows their Python stacks and leaves no process running."""
+    from vidllm.testing.processes import ProcessGroupTimeoutError, run_process_group
+
+    pid_file = tmp_path / "child.pid"
+    launcher = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(600)
+        """
+    )
+    with pytest.raises(ProcessGroupTimeoutError, match="did not finish within 5 s") as error:
+        run_process_group([sys.executable, "-c", launcher], timeout=5)
+    assert "Fatal Python error: Aborted" in str(error.value)
+    assert "time.sleep" in str(error.value) or "<module>" in str(error.value)
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    assert not status.exists() or "\tZ" in status.read_text()  # gone, or dead and not yet reaped
+
+    done = run_process_group([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
+                             timeout=60)  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "err\n")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from vidllm.testing.media import write_random_bytes
-from vidllm.testing.vllm import QUESTIONS, TINY_FFN_LAYOUTS, free_port, tiny_vidlm_videollm, write_clips
+from vidllm.testing.processes import free_port
+from vidllm.testing.vllm import QUESTIONS, TINY_FFN_LAYOUTS, tiny_vidlm_videollm, write_clips
 
 MODEL_NAME = "tiny-vidlm"
 

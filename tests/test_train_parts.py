@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +43,8 @@ from vidllm.train.data import (
 from vidllm.train.loop import _truncate_log, lr_factor, read_log
 from vidllm.train.presets import PRESETS, Preset, get_preset
 from vidllm.train.tokenizer import train_tokenizer, world_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +367,47 @@ def test_truncate_log_drops_rows_after_the_checkpoint(tmp_path):
     log = read_log(path)
     assert log["step"] == [10.0, 20.0]
     assert log["layout"] == ["a", "b"]
+
+
+_ONE_RANK_DEADLINE = """
+import json, sys, time
+import torch
+from accelerate import Accelerator
+from vidllm.train.loop import Stage, run_stage
+
+accelerator = Accelerator(cpu=True)
+torch.manual_seed(0)
+module = torch.nn.Linear(4, 1)
+stage = Stage(
+    name="tiny", module=module, param_groups=[{"params": list(module.parameters()), "lr": 0.01}], steps=1000,
+    batch_fn=lambda step, rank, world: torch.full((2, 4), float(step + rank)),
+    loss_fn=lambda m, x, step: (m(x).square().mean(), {}),
+)
+# only rank 0 has a time limit, and it has passed already
+deadline = time.monotonic() if accelerator.process_index == 0 else None
+result = run_stage(stage, sys.argv[1], accelerator=accelerator, deadline=deadline, progress=False)
+with open(f"{sys.argv[1]}/rank{accelerator.process_index}.json", "w") as f:
+    json.dump({"status": result.status, "step": result.step}, f)
+"""
+
+
+def test_a_time_limit_on_one_process_stops_every_process_after_the_same_step(tmp_path):
+    """Under ``torchrun``, a stop that only one process sees (its time limit, a signal) reaches
+    the others through the loss's all-reduce: both stop after step 1 with one checkpoint, none
+    waits forever in a collective the other never joins."""
+    import sys
+
+    from vidllm.testing.processes import run_process_group
+
+    script = tmp_path / "one_rank_deadline.py"
+    script.write_text(_ONE_RANK_DEADLINE)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(tmp_path / "stage")]  # fmt: skip
+    done = run_process_group(command, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / "stage" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert results == [{"status": "stopped", "step": 1}] * 2
+    assert [p.name for p in (tmp_path / "stage" / "checkpoints").iterdir()] == ["step_000001"]
 
 
 # ----------------------------------------------------------------------------------------------

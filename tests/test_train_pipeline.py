@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vidllm.testing.processes import run_process_group
 from vidllm.train.loop import read_log
 from vidllm.train.presets import get_preset
 from vidllm.train.trainer import (
@@ -192,12 +193,14 @@ def test_sigkill_during_training_resumes_to_the_same_model(smoke_run, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_with_distributed_data_parallel(tmp_path):
-    """``torchrun --nproc_per_node 2``: two CPU processes (gloo), one model, an RNG state each."""
+    """``torchrun --standalone --nproc_per_node 2``: two CPU processes (gloo), one model, an RNG
+    state each. ``--standalone`` rendezvouses on a free port (not the fixed 29500 that another
+    launcher on the machine may hold)."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "vidllm.cli",
-               "train", "--preset", "smoke", "--output-dir", str(out), "--no-progress"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "vidllm.cli", "train", "--preset", "smoke", "--output-dir", str(out), "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    done = run_process_group(command, cwd=ROOT, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     last = sorted((out / "video" / "checkpoints").glob("step_*"))[-1]
     assert (last / "rng_0.safetensors").is_file()

