@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,30 @@ def test_video_stage_trains_every_ffn_type(ffn_type, tmp_path):
     moved = [k for k, v in model.lm.state_dict().items() if not torch.equal(v, before[k])]
     assert any("mlp" in k for k in moved)
     assert any("self_attn" in k for k in moved)
+
+
+def test_reducer_mix_entries_set_reducer_fields_per_layout():
+    """A ``reducer_mix`` entry's keys beyond reducer/budget/weight set that layout's ReducerConfig
+    fields (the crop placement trained on, for one), and are refused where they mean nothing."""
+    from vidllm.train.scorer_training import build_dual_encoder
+    from vidllm.train.tokenizer import train_tokenizer, world_corpus
+    from vidllm.train.trainer import make_video_batch_fn
+
+    preset = get_preset("smoke")
+    tokenizer = train_tokenizer(world_corpus(num_items=20), vocab_size=300)
+    model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
+    default = model.resolve_reducer("free-video-llm", None)
+    mix = [{"reducer": "free-video-llm", "budget": None, "roi_center": "mean", "weight": 1.0}]
+    batch = make_video_batch_fn(model, preset, preset.video, mix=mix, stage_seed=2)(0, 0, 1)
+    assert batch.layout == replace(default, roi_center="mean")
+    assert batch.layout_name == "free-video-llm@default[roi_center=mean]"
+    for bad, message in [
+        ({"reducer": "uniform", "budget": 64, "roi_center": "mean"}, "only free-video-llm"),
+        ({"reducer": "free-video-llm", "budget": None, "roi_centre": "mean"}, "not ReducerConfig fields"),
+        ({"reducer": "free-video-llm", "budget": None, "roi_center": "middle"}, "roi_center must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_video_batch_fn(model, preset, preset.video, mix=[bad], stage_seed=2)
 
 
 def test_cli_lists_presets_and_rejects_unknown_ones():

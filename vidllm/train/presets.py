@@ -93,8 +93,9 @@ class VideoStageSpec:
 
     ``reducer_mix`` lists the layouts trained on, with weights: ``{"reducer": "free-video-llm",
     "budget": None}`` is the model's default configuration, a budget goes through
-    ``config_for_budget`` / ``uniform_config_for_budget`` exactly as at inference. One layout is
-    drawn per step, so a batch has sequences of similar length.
+    ``config_for_budget`` / ``uniform_config_for_budget`` exactly as at inference; an entry's
+    other keys set fields of that ``ReducerConfig`` for it (``"roi_center": "mean"``), free-video-llm
+    entries only. One layout is drawn per step, so a batch has sequences of similar length.
     """
 
     steps: int = 3000

@@ -30,7 +30,7 @@ import string
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -429,9 +429,29 @@ class VideoLLMForTraining(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+_MIX_KEYS = ("reducer", "budget", "weight")
+
+
 def _layout_name(entry: dict[str, Any]) -> str:
     budget = entry.get("budget")
-    return f"{entry['reducer']}@{'default' if budget is None else budget}"
+    name = f"{entry['reducer']}@{'default' if budget is None else budget}"
+    settings = ",".join(f"{k}={v}" for k, v in entry.items() if k not in _MIX_KEYS)
+    return f"{name}[{settings}]" if settings else name
+
+
+def _mix_layout(model, entry: dict[str, Any]) -> ReducerConfig | UniformConfig:
+    """A ``reducer_mix`` entry's layout: the reducer at the budget, as at inference, with the
+    entry's other keys as ``ReducerConfig`` settings (e.g. ``"roi_center": "mean"``)."""
+    layout = model.resolve_reducer(entry["reducer"], entry.get("budget"))
+    settings = {k: v for k, v in entry.items() if k not in _MIX_KEYS}
+    if not settings:
+        return layout
+    if not isinstance(layout, ReducerConfig):
+        raise ValueError(f"reducer_mix entry {entry}: only free-video-llm layouts take reducer settings")
+    unknown = sorted(set(settings) - {f.name for f in fields(ReducerConfig)})
+    if unknown:
+        raise ValueError(f"reducer_mix entry {entry}: {unknown} are not ReducerConfig fields")
+    return replace(layout, **settings)
 
 
 def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStageSpec, *,
@@ -444,7 +464,7 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
     weights = weights / weights.sum()
     layouts = []
     for entry in mix:
-        layout = model.resolve_reducer(entry["reducer"], entry.get("budget"))
+        layout = _mix_layout(model, entry)
         tokens = plan(layout, model.tower.grid, reducer.num_frames).total
         estimate = tokens + 6 * reducer.num_frames + 40  # markers, timestamps, question, answer
         layouts.append((layout, _layout_name(entry), estimate))
