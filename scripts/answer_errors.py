@@ -1,0 +1,106 @@
+"""What a model answers wrong on the synthetic test split, from an evaluation's ``samples.jsonl``.
+
+Two tables per run: the count confusion (gold count -> the answers given), and the kinds of wrong
+answers to "Which appears first, the A or the B?": the other option, or a colour and shape that
+is no option at all (the object that appears first in the clip, another object of the clip, or
+one that is not in it). The scene of each clip comes from the split's ``scenes.json``.
+
+    .venv/bin/python scripts/answer_errors.py outputs/eval/default_model/free-video-llm/samples.jsonl
+    .venv/bin/python scripts/answer_errors.py v11=PATH v12=PATH   # side by side
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+logger = logging.getLogger("answer_errors")
+
+FIRST = re.compile(r"^Which appears first, the (.+) or the (.+)\?")
+FIRST_KINDS = (
+    "right",
+    "the other option",
+    "no option: the clip's first object",
+    "no option: another object of the clip",
+    "no option: not in the clip",
+)
+
+
+def _named(obj: dict) -> str:
+    return f"{obj['color']} {obj['shape']}"
+
+
+def first_kind(sample: dict, scene: dict) -> str:
+    """Which of FIRST_KINDS a "which appears first" answer is."""
+    prediction = sample["prediction"].strip().lower()
+    if prediction == sample["answer"].lower():
+        return FIRST_KINDS[0]
+    options = FIRST.match(sample["question"]).groups()
+    if prediction in options:
+        return FIRST_KINDS[1]
+    if prediction == _named(min(scene["objects"], key=lambda o: o["start"])):
+        return FIRST_KINDS[2]
+    if prediction in {_named(o) for o in scene["objects"]}:
+        return FIRST_KINDS[3]
+    return FIRST_KINDS[4]
+
+
+def analyse(samples: list[dict], scenes: dict[str, dict]) -> tuple[dict[str, Counter], Counter, int]:
+    """(count confusion: gold -> Counter of answers, first-question kinds, first questions whose
+    clip's first object is neither option)."""
+    confusion: dict[str, Counter] = {}
+    kinds: Counter = Counter()
+    first_not_an_option = 0
+    for sample in samples:
+        template = sample["group"]["template"]
+        if template == "count":
+            confusion.setdefault(sample["answer"], Counter())[sample["prediction"].strip()] += 1
+        elif template == "first":
+            scene = scenes[Path(sample["video"]).stem]
+            kinds[first_kind(sample, scene)] += 1
+            earliest = _named(min(scene["objects"], key=lambda o: o["start"]))
+            first_not_an_option += earliest not in FIRST.match(sample["question"]).groups()
+    return confusion, kinds, first_not_an_option
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="samples.jsonl, or NAME=samples.jsonl")
+    parser.add_argument("--scenes", default="outputs/synthetic_test/scenes.json",
+                        help="the split's scenes (python -m eval synthetic-report writes it)")  # fmt: skip
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    scenes = {s["video_id"]: s for s in json.loads(Path(args.scenes).read_text())}
+    results = {}
+    for run in args.runs:
+        name, _, path = run.rpartition("=")
+        samples = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        results[name or path] = analyse(samples, scenes)
+
+    names = list(results)
+    for name in names:
+        confusion, _, _ = results[name]
+        answers = sorted(set(confusion) | {a for c in confusion.values() for a in c})
+        logger.info("\n%s: count questions, gold (rows) against answers given (columns)\n", name)
+        logger.info("| gold | %s | right |", " | ".join(answers))
+        logger.info("|---|%s---|", "---|" * len(answers))
+        for gold in sorted(confusion):
+            row = confusion[gold]
+            logger.info("| %s | %s | %d/%d |", gold, " | ".join(str(row[a]) for a in answers), row[gold],
+                        sum(row.values()))  # fmt: skip
+    logger.info("\nwhich appears first: answers by kind\n")
+    logger.info("| answer | %s |", " | ".join(names))
+    logger.info("|---|%s", "---|" * len(names))
+    for kind in FIRST_KINDS:
+        logger.info("| %s | %s |", kind, " | ".join(str(results[n][1][kind]) for n in names))
+    logger.info("| questions whose clip's first object is neither option | %s |",
+                " | ".join(f"{results[n][2]} of {sum(results[n][1].values())}" for n in names))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
