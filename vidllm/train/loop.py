@@ -253,7 +253,8 @@ def run_stage(
             # every process stops after the same step even when the time limit or a signal reached
             # only one of them (a signal arriving after this counts at the next step).
             reason = stop.reason
-            local = torch.tensor([float(loss.detach()), float(reason is not None)], device=loss.device)
+            flag = torch.tensor(float(reason is not None), device=loss.device)
+            local = torch.stack([loss.detach().float(), flag])
             total = accelerator.reduce(local, "sum")
             loss_value = float(total[0]) / world_size
             if float(total[1]) > 0:
