@@ -34,15 +34,13 @@ def _named(obj: dict) -> str:
     return f"{obj['color']} {obj['shape']}"
 
 
-def first_kind(sample: dict, scene: dict) -> str:
-    """Which of FIRST_KINDS a "which appears first" answer is."""
-    prediction = sample["prediction"].strip().lower()
-    if prediction == sample["answer"].lower():
+def first_kind(prediction: str, answer: str, options: tuple[str, ...], earliest: str, scene: dict) -> str:
+    """Which of FIRST_KINDS a "which appears first" answer is (``earliest``: the clip's first object)."""
+    if prediction == answer:
         return FIRST_KINDS[0]
-    options = FIRST.match(sample["question"]).groups()
     if prediction in options:
         return FIRST_KINDS[1]
-    if prediction == _named(min(scene["objects"], key=lambda o: o["start"])):
+    if prediction == earliest:
         return FIRST_KINDS[2]
     if prediction in {_named(o) for o in scene["objects"]}:
         return FIRST_KINDS[3]
@@ -57,13 +55,15 @@ def analyse(samples: list[dict], scenes: dict[str, dict]) -> tuple[dict[str, Cou
     first_not_an_option = 0
     for sample in samples:
         template = sample["group"]["template"]
+        prediction = sample["prediction"].strip()
         if template == "count":
-            confusion.setdefault(sample["answer"], Counter())[sample["prediction"].strip()] += 1
+            confusion.setdefault(sample["answer"], Counter())[prediction] += 1
         elif template == "first":
             scene = scenes[Path(sample["video"]).stem]
-            kinds[first_kind(sample, scene)] += 1
+            options = FIRST.match(sample["question"]).groups()
             earliest = _named(min(scene["objects"], key=lambda o: o["start"]))
-            first_not_an_option += earliest not in FIRST.match(sample["question"]).groups()
+            kinds[first_kind(prediction.lower(), sample["answer"].lower(), options, earliest, scene)] += 1
+            first_not_an_option += earliest not in options
     return confusion, kinds, first_not_an_option
 
 
