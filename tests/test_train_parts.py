@@ -442,7 +442,7 @@ def test_preset_overrides():
     assert PRESETS["default"].video.steps != 7  # a copy
     with pytest.raises(KeyError):
         get_preset("default", {"video.nope": 1})
-    # an entry of a dict field: how v10 is this preset with the official RoI placement
+    # an entry of a dict field: the official RoI placement for the whole model (with v11's mix, v10)
     v10 = get_preset("default", {"model.reducer.roi_center": "mean"})
     assert v10.model.reducer["roi_center"] == "mean"
     assert PRESETS["default"].model.reducer["roi_center"] == "window"
