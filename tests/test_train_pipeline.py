@@ -187,11 +187,16 @@ def test_reducer_mix_entries_set_reducer_fields_per_layout():
             make_video_batch_fn(model, preset, preset.video, mix=[bad], stage_seed=2)
 
 
-def test_cli_lists_presets_and_rejects_unknown_ones():
+def test_cli_lists_presets_and_rejects_unknown_ones(tmp_path, capsys):
     from vidllm.cli import main
 
     assert main(["train", "--list"]) == 0
     assert main(["train", "--preset", "no-such-preset"]) == 2
+    # a reducer_mix entry with a wrong reducer setting is refused before anything trains
+    bad = '[{"reducer": "free-video-llm", "budget": null, "roi_center": "middle"}]'
+    assert main(["train", "--set", f"video.reducer_mix={bad}", "--output-dir", str(tmp_path / "run")]) == 2
+    assert "roi_center must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         preset = get_preset(args.preset, dict(args.overrides))
-    except (KeyError, AttributeError) as exc:
+    except (KeyError, AttributeError, ValueError) as exc:
         print(f"vidllm train: {exc}", file=sys.stderr)
         return 2
     if args.threads is not None:

@@ -380,10 +380,33 @@ SMOKE = Preset(
 PRESETS: dict[str, Preset] = {p.name: p for p in (DEFAULT, PARAMETERNET, SMOKE)}
 
 
+MIX_KEYS = ("reducer", "budget", "weight")
+"""A ``reducer_mix`` entry's own keys; any other key is a ``ReducerConfig`` field for its layout."""
+
+
+def mix_settings(entry: dict[str, Any], reducer: dict[str, Any]) -> dict[str, Any]:
+    """The ``ReducerConfig`` settings of a ``reducer_mix`` entry (its keys beyond ``MIX_KEYS``),
+    checked against the model's ``reducer`` settings; ``ValueError`` says what is wrong."""
+    from vidllm.reducer import ReducerConfig
+
+    settings = {k: v for k, v in entry.items() if k not in MIX_KEYS}
+    if not settings:
+        return settings
+    if entry.get("reducer") != "free-video-llm":
+        raise ValueError(f"reducer_mix entry {entry}: only free-video-llm layouts take reducer settings")
+    unknown = sorted(set(settings) - {f.name for f in fields(ReducerConfig)})
+    if unknown:
+        raise ValueError(f"reducer_mix entry {entry}: {unknown} are not ReducerConfig fields")
+    ReducerConfig(**{**reducer, **settings})  # the values, checked as the config checks them
+    return settings
+
+
 def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """A copy of the named preset with dotted ``overrides`` applied (``{"video.steps": 10}``).
 
     A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``).
+    Raises ``KeyError`` for an unknown preset or field, ``ValueError`` for a ``reducer_mix`` entry
+    whose reducer settings are wrong.
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -402,11 +425,14 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
             setattr(target, last, value)
         else:
             raise KeyError(f"preset field {key!r} does not exist")
+    for entry in preset.video.reducer_mix:  # before any training, not when the video stage starts
+        mix_settings(entry, preset.model.reducer)
     return preset
 
 
 __all__ = [
     "DEFAULT",
+    "MIX_KEYS",
     "PRESETS",
     "LoRAStageSpec",
     "ModelSpec",
@@ -417,4 +443,5 @@ __all__ = [
     "VisionSpec",
     "get_preset",
     "ghostnet_blocks",
+    "mix_settings",
 ]

@@ -30,7 +30,7 @@ import string
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ from vidllm.reducer import (
 )
 from vidllm.train.data import OBJECT_ATTRIBUTES, WITH_NONE, TrainVideo, video_batch
 from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
-from vidllm.train.presets import LoRAStageSpec, Preset, VideoStageSpec
+from vidllm.train.presets import MIX_KEYS, LoRAStageSpec, Preset, VideoStageSpec, mix_settings
 
 if TYPE_CHECKING:
     from vidllm.data.synthetic import Question, Scene
@@ -429,13 +429,10 @@ class VideoLLMForTraining(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-_MIX_KEYS = ("reducer", "budget", "weight")
-
-
 def _layout_name(entry: dict[str, Any]) -> str:
     budget = entry.get("budget")
     name = f"{entry['reducer']}@{'default' if budget is None else budget}"
-    settings = ",".join(f"{k}={v}" for k, v in entry.items() if k not in _MIX_KEYS)
+    settings = ",".join(f"{k}={v}" for k, v in entry.items() if k not in MIX_KEYS)
     return f"{name}[{settings}]" if settings else name
 
 
@@ -443,15 +440,8 @@ def _mix_layout(model, entry: dict[str, Any]) -> ReducerConfig | UniformConfig:
     """A ``reducer_mix`` entry's layout: the reducer at the budget, as at inference, with the
     entry's other keys as ``ReducerConfig`` settings (e.g. ``"roi_center": "mean"``)."""
     layout = model.resolve_reducer(entry["reducer"], entry.get("budget"))
-    settings = {k: v for k, v in entry.items() if k not in _MIX_KEYS}
-    if not settings:
-        return layout
-    if not isinstance(layout, ReducerConfig):
-        raise ValueError(f"reducer_mix entry {entry}: only free-video-llm layouts take reducer settings")
-    unknown = sorted(set(settings) - {f.name for f in fields(ReducerConfig)})
-    if unknown:
-        raise ValueError(f"reducer_mix entry {entry}: {unknown} are not ReducerConfig fields")
-    return replace(layout, **settings)
+    settings = mix_settings(entry, model.config.reducer)
+    return replace(layout, **settings) if settings else layout
 
 
 def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStageSpec, *,
