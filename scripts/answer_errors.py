@@ -1,6 +1,7 @@
 """What a model answers wrong on the synthetic test split, from an evaluation's ``samples.jsonl``.
 
-Two tables per run: the count confusion (gold count -> the answers given), and the kinds of wrong
+Three tables per run: the count confusion (gold count -> the answers given), the count questions
+answered right by gold count and by how many objects the clip has, and the kinds of wrong
 answers to "Which appears first, the A or the B?": the other option, or a colour and shape that
 is no option at all (the object that appears first in the clip, another object of the clip, or
 one that is not in it). The scene of each clip comes from the split's ``scenes.json``.
@@ -47,24 +48,26 @@ def first_kind(prediction: str, answer: str, options: tuple[str, ...], earliest:
     return FIRST_KINDS[4]
 
 
-def analyse(samples: list[dict], scenes: dict[str, dict]) -> tuple[dict[str, Counter], Counter, int]:
+def analyse(samples: list[dict], scenes: dict[str, dict]) -> tuple[dict[str, Counter], Counter, int, Counter]:
     """(count confusion: gold -> Counter of answers, first-question kinds, first questions whose
-    clip's first object is neither option)."""
+    clip's first object is neither option, count questions ``(gold, objects in the clip, right)``)."""
     confusion: dict[str, Counter] = {}
     kinds: Counter = Counter()
+    by_objects: Counter = Counter()
     first_not_an_option = 0
     for sample in samples:
         template = sample["group"]["template"]
         prediction = sample["prediction"].strip()
+        scene = scenes[Path(sample["video"]).stem]
         if template == "count":
             confusion.setdefault(sample["answer"], Counter())[prediction] += 1
+            by_objects[sample["answer"], len(scene["objects"]), prediction == sample["answer"]] += 1
         elif template == "first":
-            scene = scenes[Path(sample["video"]).stem]
             options = FIRST.match(sample["question"]).groups()
             earliest = _named(min(scene["objects"], key=lambda o: o["start"]))
             kinds[first_kind(prediction.lower(), sample["answer"].lower(), options, earliest, scene)] += 1
             first_not_an_option += earliest not in options
-    return confusion, kinds, first_not_an_option
+    return confusion, kinds, first_not_an_option, by_objects
 
 
 def main() -> None:
@@ -84,7 +87,7 @@ def main() -> None:
 
     names = list(results)
     for name in names:
-        confusion, _, _ = results[name]
+        confusion, _, _, by_objects = results[name]
         answers = sorted(set(confusion) | {a for c in confusion.values() for a in c})
         logger.info("\n%s: count questions, gold (rows) against answers given (columns)\n", name)
         logger.info("| gold | %s | right |", " | ".join(answers))
@@ -93,6 +96,16 @@ def main() -> None:
             row = confusion[gold]
             logger.info("| %s | %s | %d/%d |", gold, " | ".join(str(row[a]) for a in answers), row[gold],
                         sum(row.values()))  # fmt: skip
+        sizes = sorted({n for _, n, _ in by_objects})
+        logger.info("\n%s: count questions right, by gold (rows) and objects in the clip (columns)\n", name)
+        logger.info("| gold | %s |", " | ".join(f"{n} objects" for n in sizes))
+        logger.info("|---|%s", "---|" * len(sizes))
+        for gold in sorted(confusion):
+            cells = [
+                (by_objects[gold, n, True], by_objects[gold, n, True] + by_objects[gold, n, False])
+                for n in sizes
+            ]
+            logger.info("| %s | %s |", gold, " | ".join(f"{r}/{t}" if t else "-" for r, t in cells))
     logger.info("\nwhich appears first: answers by kind\n")
     logger.info("| answer | %s |", " | ".join(names))
     logger.info("|---|%s", "---|" * len(names))

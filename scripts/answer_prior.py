@@ -17,6 +17,24 @@ from collections import Counter
 from vidllm.commands.train import parse_override
 
 
+def trained_answers(preset_name: str, overrides: dict, model_name: str, steps: int) -> Counter:
+    """``(template, answer) -> trained questions`` over a preset's first ``steps`` video-stage batches."""
+    import vidllm
+    from vidllm.train.presets import get_preset
+    from vidllm.train.trainer import make_video_batch_fn
+
+    preset = get_preset(preset_name, overrides)
+    model = vidllm.load(model_name)
+    batch_fn = make_video_batch_fn(model, preset, preset.video, mix=preset.video.reducer_mix, stage_seed=2)
+    answers: Counter = Counter()
+    for step in range(steps):
+        batch = batch_fn(step, 0, 1)
+        for v, q in batch.selected:
+            question = batch.videos[v].questions[q].question
+            answers[question.template, question.answer] += 1
+    return answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="default")
@@ -27,20 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    import vidllm
-    from vidllm.train.presets import get_preset
-    from vidllm.train.trainer import make_video_batch_fn
-
     overrides = dict(args.overrides)
-    preset = get_preset(args.preset, overrides)
-    model = vidllm.load(args.model)
-    batch_fn = make_video_batch_fn(model, preset, preset.video, mix=preset.video.reducer_mix, stage_seed=2)
-    answers: Counter = Counter()
-    for step in range(args.steps):
-        batch = batch_fn(step, 0, 1)
-        for v, q in batch.selected:
-            question = batch.videos[v].questions[q].question
-            answers[question.template, question.answer] += 1
+    answers = trained_answers(args.preset, overrides, args.model, args.steps)
 
     total = sum(answers.values())
     lines = [
