@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from vidllm.data.synthetic import (
     render,
     sample_item,
     split_rng,
+    template_probabilities,
     well_posed,
 )
 from vidllm.model import MARKERS
@@ -289,6 +291,26 @@ def test_balanced_extras_ask_other_templates_and_fewer_absent_shape_counts():
     assert zero_counts[True] < 0.6 * zero_counts[False]
     same = video_item(5, balanced_extras=True, **kwargs), video_item(5, balanced_extras=True, **kwargs)
     assert [q.prompt for q in same[0].questions] == [q.prompt for q in same[1].questions]
+
+
+def test_template_weights_draw_the_targeted_questions_templates():
+    """``template_weights`` sets the targeted question's template shares (1 for a template not
+    named); without them the draw is the uniform one the shipped runs trained on."""
+    kwargs = dict(seed=0, num_frames=2, questions=1, mc_share=0.0, size=(16, 16), source_frames=4)
+    uniform = [video_item(i, **kwargs).questions[0].question for i in range(200)]
+    assert [q.question for q in uniform] == [
+        video_item(i, template_weights={}, **kwargs).questions[0].question.question for i in range(200)
+    ]
+    only = Counter(video_item(i, template_weights={t: 0 for t in TEMPLATES if t != "first"}, **kwargs)
+                   .questions[0].question.template for i in range(50))  # fmt: skip
+    assert only == {"first": 50}
+    heavy = Counter(video_item(i, template_weights={"first": 4}, **kwargs).questions[0].question.template
+                    for i in range(400))  # fmt: skip
+    assert heavy["first"] / 400 == pytest.approx(0.5, abs=0.08)  # 4 / (4 + 4)
+    assert Counter(q.template for q in uniform)["first"] / 200 == pytest.approx(0.2, abs=0.08)
+    for bad in ({"firsts": 2}, {"first": -1}, {t: 0 for t in TEMPLATES}):
+        with pytest.raises(ValueError):
+            template_probabilities(bad)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -197,6 +197,12 @@ def test_cli_lists_presets_and_rejects_unknown_ones(tmp_path, capsys):
     assert main(["train", "--set", f"video.reducer_mix={bad}", "--output-dir", str(tmp_path / "run")]) == 2
     assert "roi_center must be one of" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    assert (
+        main(["train", "--set", 'video.template_weights={"frist": 2}', "--output-dir", str(tmp_path / "run")])
+        == 2
+    )
+    assert "unknown templates ['frist']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

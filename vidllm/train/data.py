@@ -20,7 +20,7 @@ trip (``compress=True``) is available where its cost is affordable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -384,8 +384,12 @@ def video_item(
     compress_prob: float = 0.0,
     world: WorldConfig | None = None,
     balanced_extras: bool = False,
+    template_weights: Mapping[str, float] | None = None,
 ) -> TrainVideo:
     """Training video ``index``: the targeted item and up to ``questions - 1`` more about its scene.
+
+    The targeted item's template is drawn uniformly, or by ``template_weights``
+    (:func:`~vidllm.data.synthetic.questions.sample_item`).
 
     The further questions are drawn from every well-posed question about the scene: uniformly
     (``balanced_extras=False``), which asks mostly ``count`` (one candidate per shape) and mostly
@@ -396,7 +400,9 @@ def video_item(
     world = world or WorldConfig()
     rng = split_rng("train", index, seed)
     video_id = f"synthetic_train_{index:07d}"
-    scene, primary = sample_item(rng, world, video_id=video_id, question_id=f"{video_id}_q0")
+    scene, primary = sample_item(
+        rng, world, video_id=video_id, question_id=f"{video_id}_q0", template_weights=template_weights
+    )
     asked = [primary]
     key = lambda template, slots: (template, frozenset(slots.values()))
     seen = {key(primary.template, primary.slots)}

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from efficient_backbones.ghostnet import GHOSTNET_BLOCKS
+from vidllm.data.synthetic.questions import template_probabilities
 
 
 def ghostnet_blocks(groups: int) -> list[list[list[float]]]:
@@ -107,6 +108,10 @@ class VideoStageSpec:
     # its well-posed questions (false: 46% of the count answers are then 0), or with templates and
     # answers drawn uniformly as the targeted question's are (true).
     balanced_extras: bool = False
+    # Relative weights of the templates of each video's targeted question (a template not named
+    # weighs 1; empty: uniform). The further questions can only ask what a scene allows, and
+    # fewer scenes allow "first" (two objects named uniquely, appearing far enough apart).
+    template_weights: dict[str, float] = field(default_factory=dict)
     lr: float = 1e-3
     tower_lr: float = 3e-4
     warmup: int = 100
@@ -406,7 +411,7 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
 
     A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``).
     Raises ``KeyError`` for an unknown preset or field, ``ValueError`` for a ``reducer_mix`` entry
-    whose reducer settings are wrong.
+    whose reducer settings are wrong or for wrong ``template_weights``.
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -427,6 +432,7 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
             raise KeyError(f"preset field {key!r} does not exist")
     for entry in preset.video.reducer_mix:  # before any training, not when the video stage starts
         mix_settings(entry, preset.model.reducer)
+    template_probabilities(preset.video.template_weights)
     return preset
 
 

@@ -472,6 +472,7 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
             questions=stage.questions,
             mc_share=spec.mc_share,
             balanced_extras=spec.balanced_extras,
+            template_weights=spec.template_weights,
             yuv420_prob=stage.yuv420_prob,
             compress_prob=stage.compress_prob,
         )

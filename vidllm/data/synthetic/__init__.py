@@ -29,6 +29,7 @@ from vidllm.data.synthetic.questions import (
     pose,
     sample_item,
     sample_question,
+    template_probabilities,
     well_posed,
 )
 from vidllm.data.synthetic.render import render, render_background
@@ -76,6 +77,7 @@ __all__ = [
     "sample_question",
     "sample_scene",
     "split_rng",
+    "template_probabilities",
     "video_path",
     "well_posed",
     "write_split",

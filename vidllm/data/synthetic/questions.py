@@ -27,7 +27,7 @@ template's answer space, except for ``first``, whose options are the two objects
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -340,11 +340,33 @@ def sample_question(
     return scene, question
 
 
+def template_probabilities(weights: Mapping[str, float]) -> np.ndarray:
+    """The probability of each of :data:`TEMPLATES` (in order) given relative ``weights``; a
+    template not named weighs 1. Raises ``ValueError`` for an unknown template or a negative weight."""
+    unknown = sorted(set(weights) - set(TEMPLATES))
+    if unknown:
+        raise ValueError(f"unknown templates {unknown}; expected some of {list(TEMPLATES)}")
+    values = np.array([float(weights.get(t, 1.0)) for t in TEMPLATES])
+    if (values < 0).any() or values.sum() <= 0:
+        raise ValueError(f"template weights must be >= 0 and not all 0, got {dict(weights)}")
+    return values / values.sum()
+
+
 def sample_item(
-    rng: np.random.Generator, config: WorldConfig, video_id: str = "", question_id: str = ""
+    rng: np.random.Generator,
+    config: WorldConfig,
+    video_id: str = "",
+    question_id: str = "",
+    template_weights: Mapping[str, float] | None = None,
 ) -> tuple[Scene, Question]:
-    """One training item: template and answer uniform, subject tags drawn at the configured shares."""
-    template = _pick(rng, TEMPLATES)
+    """One training item: the template uniform (or by ``template_weights``, relative, 1 for a
+    template not named), its answer uniform, subject tags drawn at the configured shares."""
+    if template_weights:
+        template = list(TEMPLATES)[
+            int(rng.choice(len(TEMPLATES), p=template_probabilities(template_weights)))
+        ]
+    else:
+        template = _pick(rng, TEMPLATES)
     answer = _pick(rng, answer_space(template, config))
     short_lived = bool(rng.random() < config.short_lived_share)
     small = bool(rng.random() < config.small_share)
