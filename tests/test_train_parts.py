@@ -308,7 +308,7 @@ def test_template_weights_draw_the_targeted_questions_templates():
                     for i in range(400))  # fmt: skip
     assert heavy["first"] / 400 == pytest.approx(0.5, abs=0.08)  # 4 / (4 + 4)
     assert Counter(q.template for q in uniform)["first"] / 200 == pytest.approx(0.2, abs=0.08)
-    for bad in ({"firsts": 2}, {"first": -1}, {t: 0 for t in TEMPLATES}):
+    for bad in ({"firsts": 2}, {"first": -1}, {"first": "many"}, {t: 0 for t in TEMPLATES}, 2, ["first"]):
         with pytest.raises(ValueError):
             template_probabilities(bad)
 

@@ -343,11 +343,16 @@ def sample_question(
 def template_probabilities(weights: Mapping[str, float]) -> np.ndarray:
     """The probability of each of :data:`TEMPLATES` (in order) given relative ``weights``; a
     template not named weighs 1. Raises ``ValueError`` for an unknown template or a negative weight."""
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"template weights must map template names to numbers, got {weights!r}")
     unknown = sorted(set(weights) - set(TEMPLATES))
     if unknown:
         raise ValueError(f"unknown templates {unknown}; expected some of {list(TEMPLATES)}")
-    values = np.array([float(weights.get(t, 1.0)) for t in TEMPLATES])
-    if (values < 0).any() or values.sum() <= 0:
+    try:
+        values = np.array([float(weights.get(t, 1.0)) for t in TEMPLATES])
+    except (TypeError, ValueError):
+        raise ValueError(f"template weights must be numbers, got {dict(weights)}") from None
+    if not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
         raise ValueError(f"template weights must be >= 0 and not all 0, got {dict(weights)}")
     return values / values.sum()
 
