@@ -73,6 +73,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import vidllm
+    from eval.metrics import normalized_match
     from vidllm.data.synthetic.questions import answer_space
     from vidllm.data.synthetic.scene import WorldConfig
 
@@ -91,7 +92,7 @@ def main() -> None:
         for line in Path(args.samples).read_text().splitlines():
             if line.strip():
                 sample = json.loads(line)
-                generated[sample["id"]] = sample["prediction"].strip().lower() == sample["answer"].lower()
+                generated[sample["id"]] = normalized_match(sample["prediction"], sample["answer"])
 
     prior: Counter = Counter()
     if args.prior_steps:
