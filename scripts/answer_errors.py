@@ -1,10 +1,13 @@
 """What a model answers wrong on the synthetic test split, from an evaluation's ``samples.jsonl``.
 
-Three tables per run: the count confusion (gold count -> the answers given), the count questions
-answered right by gold count and by how many objects the clip has, and the kinds of wrong
-answers to "Which appears first, the A or the B?": the other option, or a colour and shape that
-is no option at all (the object that appears first in the clip, another object of the clip, or
-one that is not in it). The scene of each clip comes from the split's ``scenes.json``.
+Four tables per run: the count confusion (gold count -> the answers given), the count questions
+answered right by gold count and by how many objects the clip has, the count questions about
+two or more objects answered right by how many of them the reducer's crops showed (an object
+whose centre lies in the crop of a kept slow or middle frame where it is on screen; from the
+samples' ``boxes``), and the kinds of wrong answers to "Which appears first, the A or the B?":
+the other option, or a colour and shape that is no option at all (the object that appears first
+in the clip, another object of the clip, or one that is not in it). The scene of each clip comes
+from the split's ``scenes.json``, the frame size and count from the ``manifest.json`` beside it.
 
     .venv/bin/python scripts/answer_errors.py outputs/eval/default_model/free-video-llm/samples.jsonl
     .venv/bin/python scripts/answer_errors.py v11=PATH v12=PATH   # side by side
@@ -19,8 +22,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from vidllm.data.synthetic.scene import SceneObject
+
 logger = logging.getLogger("answer_errors")
 
+COUNT = re.compile(r"^How many (.+)s appear in the video\?")
 FIRST = re.compile(r"^Which appears first, the (.+) or the (.+)\?")
 FIRST_KINDS = (
     "right",
@@ -48,12 +54,36 @@ def first_kind(prediction: str, answer: str, options: tuple[str, ...], earliest:
     return FIRST_KINDS[4]
 
 
-def analyse(samples: list[dict], scenes: dict[str, dict]) -> tuple[dict[str, Counter], Counter, int, Counter]:
+def subjects_in_crops(sample: dict, scene: dict, size: tuple[int, int], num_frames: int) -> tuple[int, int]:
+    """(objects of the count question's shape in the clip, how many of them some crop showed).
+
+    ``sample["boxes"]`` maps a kept frame (of the video's ``num_frames``) to its crop in pixels
+    of a ``size`` (width, height) frame; frame ``i`` shows the scene at time ``i / num_frames``.
+    """
+    shape = COUNT.match(sample["question"]).group(1)
+    subjects = [SceneObject(**o) for o in scene["objects"] if o["shape"] == shape]
+    width, height = size
+    shown = set()
+    for frame, (x0, y0, x1, y1) in sample["boxes"].items():
+        t = int(frame) / num_frames
+        for i, obj in enumerate(subjects):
+            if obj.visible(t):
+                x, y = (float(v) for v in obj.position(t))
+                if x0 <= x * width <= x1 and y0 <= y * height <= y1:
+                    shown.add(i)
+    return len(subjects), len(shown)
+
+
+def analyse(
+    samples: list[dict], scenes: dict[str, dict], size: tuple[int, int], num_frames: int
+) -> tuple[dict[str, Counter], Counter, int, Counter, Counter]:
     """(count confusion: gold -> Counter of answers, first-question kinds, first questions whose
-    clip's first object is neither option, count questions ``(gold, objects in the clip, right)``)."""
+    clip's first object is neither option, count questions ``(gold, objects in the clip, right)``,
+    count questions about two or more objects ``(subjects, subjects in some crop, right)``)."""
     confusion: dict[str, Counter] = {}
     kinds: Counter = Counter()
     by_objects: Counter = Counter()
+    by_crops: Counter = Counter()
     first_not_an_option = 0
     for sample in samples:
         template = sample["group"]["template"]
@@ -62,12 +92,16 @@ def analyse(samples: list[dict], scenes: dict[str, dict]) -> tuple[dict[str, Cou
         if template == "count":
             confusion.setdefault(sample["answer"], Counter())[prediction] += 1
             by_objects[sample["answer"], len(scene["objects"]), prediction == sample["answer"]] += 1
+            if int(sample["answer"]) >= 2:
+                by_crops[
+                    (*subjects_in_crops(sample, scene, size, num_frames), prediction == sample["answer"])
+                ] += 1
         elif template == "first":
             options = FIRST.match(sample["question"]).groups()
             earliest = _named(min(scene["objects"], key=lambda o: o["start"]))
             kinds[first_kind(prediction.lower(), sample["answer"].lower(), options, earliest, scene)] += 1
             first_not_an_option += earliest not in options
-    return confusion, kinds, first_not_an_option, by_objects
+    return confusion, kinds, first_not_an_option, by_objects, by_crops
 
 
 def main() -> None:
@@ -79,15 +113,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     scenes = {s["video_id"]: s for s in json.loads(Path(args.scenes).read_text())}
+    manifest = json.loads((Path(args.scenes).parent / "manifest.json").read_text())
+    size, num_frames = tuple(manifest["size"]), int(manifest["num_frames"])
     results = {}
     for run in args.runs:
         name, _, path = run.rpartition("=")
         samples = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        results[name or path] = analyse(samples, scenes)
+        results[name or path] = analyse(samples, scenes, size, num_frames)
 
     names = list(results)
     for name in names:
-        confusion, _, _, by_objects = results[name]
+        confusion, _, _, by_objects, by_crops = results[name]
         answers = sorted(set(confusion) | {a for c in confusion.values() for a in c})
         logger.info("\n%s: count questions, gold (rows) against answers given (columns)\n", name)
         logger.info("| gold | %s | right |", " | ".join(answers))
@@ -106,6 +142,20 @@ def main() -> None:
                 for n in sizes
             ]
             logger.info("| %s | %s |", gold, " | ".join(f"{r}/{t}" if t else "-" for r, t in cells))
+        logger.info(
+            "\n%s: count questions about two or more objects right, by objects asked about (rows) "
+            "and how many of them the crops showed (columns)\n",
+            name,
+        )
+        subjects = sorted({n for n, _, _ in by_crops})
+        logger.info("| objects | %s |", " | ".join(f"{k} shown" for k in range(max(subjects) + 1)))
+        logger.info("|---|%s", "---|" * (max(subjects) + 1))
+        for n in subjects:
+            cells = [
+                (by_crops[n, k, True], by_crops[n, k, True] + by_crops[n, k, False])
+                for k in range(max(subjects) + 1)
+            ]
+            logger.info("| %d | %s |", n, " | ".join(f"{r}/{t}" if t else "-" for r, t in cells))
     logger.info("\nwhich appears first: answers by kind\n")
     logger.info("| answer | %s |", " | ".join(names))
     logger.info("|---|%s", "---|" * len(names))
