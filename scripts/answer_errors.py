@@ -1,10 +1,10 @@
 """What a model answers wrong on the synthetic test split, from an evaluation's ``samples.jsonl``.
 
-Four tables per run: the count confusion (gold count -> the answers given), the count questions
+Four tables per run: the count confusion (gold count -> the answers given; all: the share right), the count questions
 answered right by gold count and by how many objects the clip has, the count questions about
 two or more objects answered right by how many of them the reducer's crops showed (an object
 whose centre lies in the crop of a kept slow or middle frame where it is on screen; from the
-samples' ``boxes``), and the kinds of wrong answers to "Which appears first, the A or the B?":
+samples' ``boxes``; layouts with crops only), and the kinds of wrong answers to "Which appears first, the A or the B?":
 the other option, or a colour and shape that is no option at all (the object that appears first
 in the clip, another object of the clip, or one that is not in it). The scene of each clip comes
 from the split's ``scenes.json``, the frame size and count from the ``manifest.json`` beside it.
@@ -92,7 +92,7 @@ def analyse(
         if template == "count":
             confusion.setdefault(sample["answer"], Counter())[prediction] += 1
             by_objects[sample["answer"], len(scene["objects"]), prediction == sample["answer"]] += 1
-            if int(sample["answer"]) >= 2:
+            if int(sample["answer"]) >= 2 and sample["boxes"]:  # a layout with crops
                 by_crops[
                     (*subjects_in_crops(sample, scene, size, num_frames), prediction == sample["answer"])
                 ] += 1
@@ -132,6 +132,12 @@ def main() -> None:
             row = confusion[gold]
             logger.info("| %s | %s | %d/%d |", gold, " | ".join(str(row[a]) for a in answers), row[gold],
                         sum(row.values()))  # fmt: skip
+        total = Counter()
+        for row in confusion.values():
+            total.update(row)
+        right = sum(confusion[gold][gold] for gold in confusion)
+        logger.info("| all | %s | %d/%d (%.1f%%) |", " | ".join(str(total[a]) for a in answers), right,
+                    sum(total.values()), 100 * right / max(sum(total.values()), 1))  # fmt: skip
         sizes = sorted({n for _, n, _ in by_objects})
         logger.info("\n%s: count questions right, by gold (rows) and objects in the clip (columns)\n", name)
         logger.info("| gold | %s |", " | ".join(f"{n} objects" for n in sizes))
@@ -142,6 +148,8 @@ def main() -> None:
                 for n in sizes
             ]
             logger.info("| %s | %s |", gold, " | ".join(f"{r}/{t}" if t else "-" for r, t in cells))
+        if not by_crops:
+            continue
         logger.info(
             "\n%s: count questions about two or more objects right, by objects asked about (rows) "
             "and how many of them the crops showed (columns)\n",
