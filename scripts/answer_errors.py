@@ -1,13 +1,14 @@
 """What a model answers wrong on the synthetic test split, from an evaluation's ``samples.jsonl``.
 
-Four tables per run: the count confusion (gold count -> the answers given; all: the share right), the count questions
-answered right by gold count and by how many objects the clip has, the count questions about
-two or more objects answered right by how many of them the reducer's crops showed (an object
-whose centre lies in the crop of a kept slow or middle frame where it is on screen; from the
-samples' ``boxes``; layouts with crops only), and the kinds of wrong answers to "Which appears first, the A or the B?":
-the other option, or a colour and shape that is no option at all (the object that appears first
-in the clip, another object of the clip, or one that is not in it). The scene of each clip comes
-from the split's ``scenes.json``, the frame size and count from the ``manifest.json`` beside it.
+Four tables per run: the count confusion (gold count -> the answers given; all: the share
+right), the count questions answered right by gold count and by how many objects the clip has,
+the count questions about two or more objects answered right by how many of them the reducer's
+crops showed (an object whose centre lies in the crop of a kept slow or middle frame where it is
+on screen; from the samples' ``boxes``; layouts with crops only), and the kinds of wrong answers
+to "Which appears first, the A or the B?": the other option, or a colour and shape that is no
+option at all (the object that appears first in the clip, another object of the clip, or one
+that is not in it). The scene of each clip comes from the split's ``scenes.json``, the frame
+size and count from the ``manifest.json`` beside it.
 
     .venv/bin/python scripts/answer_errors.py outputs/eval/default_model/free-video-llm/samples.jsonl
     .venv/bin/python scripts/answer_errors.py v11=PATH v12=PATH   # side by side
