@@ -59,11 +59,11 @@ def subjects_in_crops(sample: dict, scene: dict, size: tuple[int, int], num_fram
     """(objects of the count question's shape in the clip, how many of them some crop showed).
 
     ``sample["boxes"]`` maps a kept frame (of the video's ``num_frames``) to its crop in pixels
-    of a ``size`` (width, height) frame; frame ``i`` shows the scene at time ``i / num_frames``.
+    of a ``size = (H, W)`` frame (the manifest's); frame ``i`` shows the scene at time ``i / num_frames``.
     """
     shape = COUNT.match(sample["question"]).group(1)
     subjects = [SceneObject(**o) for o in scene["objects"] if o["shape"] == shape]
-    width, height = size
+    height, width = size
     shown = set()
     for frame, (x0, y0, x1, y1) in sample["boxes"].items():
         t = int(frame) / num_frames
