@@ -64,8 +64,11 @@ def main() -> None:
     if args.videos < 1:
         parser.error("--videos must be at least 1")
     run = Path(args.run)
-    checkpoints = sorted((run / "video" / "checkpoints").glob("step_*"))
-    if not (run / "model").is_dir() or not checkpoints:
+    from vidllm.train.checkpoint import latest_checkpoint
+    from vidllm.train.loop import CHECKPOINT_DIR
+
+    checkpoint = latest_checkpoint(run / "video" / CHECKPOINT_DIR)
+    if not (run / "model").is_dir() or checkpoint is None:
         parser.error(f"{run} has no exported model and video-stage checkpoint")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import json
@@ -75,9 +78,9 @@ def main() -> None:
     import vidllm
 
     preset = json.loads((run / "preset.json").read_text())["video"]
-    state = load_file(checkpoints[-1] / "model.safetensors")
+    state = load_file(checkpoint / "model.safetensors")
     if "attribute_head.weight" not in state:
-        parser.error(f"{checkpoints[-1]} has no attribute head (the run trained without the attribute loss)")
+        parser.error(f"{checkpoint} has no attribute head (the run trained without the attribute loss)")
     from vidllm.train.trainer import VideoLLMForTraining
 
     wrapper = VideoLLMForTraining(
@@ -86,7 +89,7 @@ def main() -> None:
     wrapper.attribute_head.load_state_dict(
         {name: state[f"attribute_head.{name}"] for name in ("weight", "bias")}
     )
-    logger.info("%s, layer %d, %s", run, preset["attribute_layer"], checkpoints[-1].name)
+    logger.info("%s, layer %d, %s", run, preset["attribute_layer"], checkpoint.name)
     logger.info("| attribute | object tokens | accuracy | majority class | accuracy on no-object tokens |")
     logger.info("|---|---|---|---|---|")
     for name, r in readout(wrapper, args.videos).items():

@@ -48,10 +48,11 @@ def main() -> None:
 
     import vidllm
     from vidllm.train.checkpoint import list_checkpoints
+    from vidllm.train.loop import CHECKPOINT_DIR
     from vidllm.train.trainer import validate
 
     run = Path(args.run)
-    kept = list_checkpoints(run / "video" / "checkpoints")
+    kept = list_checkpoints(run / "video" / CHECKPOINT_DIR)
     if not kept or not (run / "model").is_dir():
         parser.error(f"{run} has no video-stage checkpoints and exported model")
     states = {f"step {step}": model_weights(path) for step, path in kept}
@@ -60,10 +61,10 @@ def main() -> None:
             list(states.values())
         )
 
+    model = vidllm.load(run / "model")
     rows = {}
     for name, state in states.items():
-        model = vidllm.load(run / "model")
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True)  # every weight and buffer: nothing of the last stays
         rows[name] = validate(model, num_videos=args.videos, reducers=("free-video-llm",))[
             "free-video-llm@default"
         ]
