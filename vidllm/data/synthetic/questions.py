@@ -342,7 +342,8 @@ def sample_question(
 
 def template_probabilities(weights: Mapping[str, float]) -> np.ndarray:
     """The probability of each of :data:`TEMPLATES` (in order) given relative ``weights``; a
-    template not named weighs 1. Raises ``ValueError`` for an unknown template or a negative weight."""
+    template not named weighs 1. Raises ``ValueError`` for weights that are not a mapping of
+    numbers, an unknown template, a negative or non-finite weight, or weights that are all 0."""
     if not isinstance(weights, Mapping):
         raise ValueError(f"template weights must map template names to numbers, got {weights!r}")
     unknown = sorted(set(weights) - set(TEMPLATES))
