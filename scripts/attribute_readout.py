@@ -42,7 +42,7 @@ def readout(wrapper, videos: int) -> dict[str, dict[str, float]]:
                 states = hidden.hidden_states[layer][0, positions].float()
                 logits = head(states).split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
                 predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
-                targets.append(item.object_attributes(reduction.segments))
+                targets.append(item.object_attributes(reduction.segments, count=wrapper.attribute_count))
     pred, true = np.concatenate(predicted), np.concatenate(targets)
     on_object = true[:, WITH_NONE] != -100
     out = {}
@@ -84,7 +84,10 @@ def main() -> None:
     from vidllm.train.trainer import VideoLLMForTraining
 
     wrapper = VideoLLMForTraining(
-        vidllm.load(str(run / "model")), attribute_weight=1.0, attribute_layer=preset["attribute_layer"]
+        vidllm.load(str(run / "model")),
+        attribute_weight=1.0,
+        attribute_layer=preset["attribute_layer"],
+        attribute_count=preset.get("attribute_count", "scene"),  # runs before the field: "scene"
     ).eval()
     wrapper.attribute_head.load_state_dict(
         {name: state[f"attribute_head.{name}"] for name in ("weight", "bias")}

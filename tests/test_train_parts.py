@@ -225,6 +225,18 @@ def test_object_attributes_give_each_token_the_scene_graph_of_its_object():
     for k, classes in enumerate(OBJECT_ATTRIBUTES.values()):
         assert table[:, k].max() < classes
 
+    # "seen": the squares shown so far in the sequence; the blue one alone in the first frame,
+    # both from the late one's first token on (the crop of frame 0 comes after it)
+    seen = item.object_attributes(segments, count="seen")
+    assert np.array_equal(seen[:, :-1], table[:, :-1])
+    first, second, crop = seen[:16].reshape(4, 4, -1), seen[16:32].reshape(4, 4, -1), seen[32:]
+    assert first[1, 1].tolist() == row(star, 1)
+    assert first[2, 2].tolist() == row(square, 1)
+    assert second[0, 3].tolist() == row(late, 2)
+    assert set(crop[crop[:, 0] == COLORS.index("blue"), -1].tolist()) == {1}
+    with pytest.raises(ValueError, match="count must be one of"):
+        item.object_attributes(segments, count="all")
+
 
 def test_yuv420_roundtrip_halves_chroma_and_keeps_grey():
     rng = np.random.default_rng(0)

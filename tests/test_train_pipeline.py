@@ -203,6 +203,9 @@ def test_cli_lists_presets_and_rejects_unknown_ones(tmp_path, capsys):
     )
     assert "unknown templates ['frist']" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    assert main(["train", "--set", "video.attribute_count=all", "--output-dir", str(tmp_path / "run")]) == 2
+    assert "video.attribute_count must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -307,14 +307,21 @@ class TrainVideo:
             labels.append(coverage.ravel())
         return np.concatenate(labels)
 
-    def object_attributes(self, segments, min_coverage: float = 0.3) -> np.ndarray:
+    def object_attributes(self, segments, min_coverage: float = 0.3, count: str = "scene") -> np.ndarray:
         """``(N, len(OBJECT_ATTRIBUTES))`` int64: per token of a reduction's ``segments``, the
         scene-graph attributes of the object covering its cell most (at least ``min_coverage``):
         targets of the trainer's attribute loss (:data:`OBJECT_ATTRIBUTES` lists the columns).
 
         A token showing no object gets each attribute's "none" class (the last) for colour and
         shape and ``-100`` (ignored) for the rest.
+
+        ``count`` picks the same-shape count column: ``"scene"``, the objects of the token's shape
+        in the whole scene, less one; ``"seen"``, those shown by this token or an earlier one in
+        the sequence, less one: what a causal LM can know at that token (the scene's count is
+        then on the last token of each shape).
         """
+        if count not in ATTRIBUTE_COUNTS:
+            raise ValueError(f"count must be one of {ATTRIBUTE_COUNTS}, got {count!r}")
         objects = self.scene.objects
         shape_counts = {shape: sum(o.shape == shape for o in objects) for shape in SHAPES}
         rows = []
@@ -341,7 +348,14 @@ class TrainVideo:
             + [[len(COLORS), len(SHAPES), -100, -100, -100]],
             dtype=np.int64,
         )
-        return table[owners]  # owner -1 picks the last row: no object
+        attributes = table[owners]  # owner -1 picks the last row: no object
+        if count == "seen":
+            seen: set[int] = set()
+            for k, owner in enumerate(owners.tolist()):
+                if owner >= 0:
+                    seen.add(owner)
+                    attributes[k, -1] = sum(objects[j].shape == objects[owner].shape for j in seen) - 1
+        return attributes
 
 
 # The attribute loss's columns and their class counts. The first WITH_NONE columns (colour and
@@ -349,6 +363,7 @@ class TrainVideo:
 # shows no object, so a column past them tells object tokens from the others.
 START_BINS = 8
 WITH_NONE = 2
+ATTRIBUTE_COUNTS = ("scene", "seen")  # what the same-shape count column counts (object_attributes)
 OBJECT_ATTRIBUTES = {
     "color": len(COLORS) + 1,
     "shape": len(SHAPES) + 1,
@@ -455,6 +470,7 @@ def question_sets_balance(items: Sequence[TrainVideo]) -> dict[str, int]:
 
 
 __all__ = [
+    "ATTRIBUTE_COUNTS",
     "QA",
     "ScorerBatch",
     "TrainVideo",

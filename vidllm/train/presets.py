@@ -22,6 +22,7 @@ from typing import Any
 
 from efficient_backbones.ghostnet import GHOSTNET_BLOCKS
 from vidllm.data.synthetic.questions import template_probabilities
+from vidllm.train.data import ATTRIBUTE_COUNTS
 
 
 def ghostnet_blocks(groups: int) -> list[list[list[float]]]:
@@ -141,6 +142,10 @@ class VideoStageSpec:
     # for them, hundreds of targets a sequence against one or two answer tokens; 0 turns it off.
     attribute_loss_weight: float = 0.0
     attribute_layer: int = 2
+    # The same-shape count asked of each token: "scene", the objects of its shape in the whole
+    # video; "seen", those shown so far in the sequence (a causal LM cannot know of objects shown
+    # only by later tokens; "scene" asks 11% of the default layout's object tokens for them).
+    attribute_count: str = "scene"
     # Auxiliary loss: next-token loss on the prompt's text after the video. With the question
     # asked before the video too (the default template), that text is a copy across the visual
     # tokens, which a from-scratch LM learns by forming the long-range attention (induction
@@ -411,7 +416,7 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
 
     A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``).
     Raises ``KeyError`` for an unknown preset or field, ``ValueError`` for a ``reducer_mix`` entry
-    whose reducer settings are wrong or for wrong ``template_weights``.
+    whose reducer settings are wrong, for wrong ``template_weights`` or ``attribute_count``.
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -433,6 +438,8 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     for entry in preset.video.reducer_mix:  # before any training, not when the video stage starts
         mix_settings(entry, preset.model.reducer)
     template_probabilities(preset.video.template_weights)
+    if preset.video.attribute_count not in ATTRIBUTE_COUNTS:
+        raise ValueError(f"video.attribute_count must be one of {ATTRIBUTE_COUNTS}")
     return preset
 
 

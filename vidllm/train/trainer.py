@@ -170,6 +170,7 @@ class VideoLLMForTraining(nn.Module):
         question_weight: float = 0.0,
         attribute_weight: float = 0.0,
         attribute_layer: int = 2,
+        attribute_count: str = "scene",
     ) -> None:
         super().__init__()
         self.model = model
@@ -179,6 +180,7 @@ class VideoLLMForTraining(nn.Module):
         self.question_weight = question_weight
         self.attribute_weight = attribute_weight
         self.attribute_layer = attribute_layer
+        self.attribute_count = attribute_count
         hidden = model.lm.get_input_embeddings().embedding_dim
         self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
         if self.relevance_head is not None and not train_relevance_head:
@@ -326,7 +328,10 @@ class VideoLLMForTraining(nn.Module):
         percent of the cells); the other attributes are asked of object tokens only. Also returns
         the share of object tokens whose every attribute is predicted right."""
         states, target = self._visual_states(
-            batch, layouts, hidden, lambda item, qa, segments: item.object_attributes(segments)
+            batch,
+            layouts,
+            hidden,
+            lambda item, qa, segments: item.object_attributes(segments, count=self.attribute_count),
         )
         logits = self.attribute_head(states).float().split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
         on_object = target[:, WITH_NONE] != -100
@@ -829,6 +834,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         train_relevance_head=preset.video.train_relevance_head,
         attribute_weight=preset.video.attribute_loss_weight,
         attribute_layer=preset.video.attribute_layer,
+        attribute_count=preset.video.attribute_count,
         question_weight=preset.video.question_loss_weight,
     )
     results["video"] = run_stage(
