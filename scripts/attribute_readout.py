@@ -5,7 +5,10 @@ video-stage checkpoints (on the training wrapper, not in the exported model). Th
 run's model and that head, and on training-distribution videos of the synthetic world (indices no
 run draws), with the model's default reducer, reports per attribute the head's accuracy on the
 visual tokens that show an object (and for colour and shape, on those that show none), next to
-the share of the most frequent class (what a head that ignores the token would get).
+the share of the most frequent class (what a head that ignores the token would get); then the
+same-shape count's accuracy against both counts it can be trained on (``video.attribute_count``:
+the scene's, or the objects shown so far in the sequence, all a causal LM can know), on the
+tokens where they differ and where they agree.
 
     .venv/bin/python scripts/attribute_readout.py --run runs/default [--videos 60]
 """
@@ -24,15 +27,18 @@ logger = logging.getLogger("attribute_readout")
 FIRST_INDEX = 5_000_000  # video_item indices used here (as scripts/answer_attention.py)
 
 
-def readout(wrapper, videos: int) -> dict[str, dict[str, float]]:
-    """Per attribute, the accuracy of ``wrapper``'s attribute head (a ``VideoLLMForTraining``)."""
-    from vidllm.train.data import OBJECT_ATTRIBUTES, WITH_NONE, video_item
+def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per attribute, the accuracy of ``wrapper``'s attribute head (a ``VideoLLMForTraining``);
+    and its same-shape count's accuracy against each of ``ATTRIBUTE_COUNTS`` (the scene's count,
+    or the objects seen so far in the sequence) on the object tokens where the two differ, where
+    they agree and on all (``share``: of the object tokens)."""
+    from vidllm.train.data import ATTRIBUTE_COUNTS, OBJECT_ATTRIBUTES, WITH_NONE, video_item
     from vidllm.train.trainer import VideoStepBatch
 
     model, head, layer = wrapper.model, wrapper.attribute_head, wrapper.attribute_layer
     layout = model.resolve_reducer("free-video-llm", None)
     num_frames = model.config.reducer_config().num_frames
-    predicted, targets = [], []
+    predicted, counts = [], {count: [] for count in ATTRIBUTE_COUNTS}
     with torch.no_grad():
         for i in range(videos):
             item = video_item(FIRST_INDEX + i, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
@@ -42,8 +48,10 @@ def readout(wrapper, videos: int) -> dict[str, dict[str, float]]:
                 states = hidden.hidden_states[layer][0, positions].float()
                 logits = head(states).split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
                 predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
-                targets.append(item.object_attributes(reduction.segments, count=wrapper.attribute_count))
-    pred, true = np.concatenate(predicted), np.concatenate(targets)
+                for count, tables in counts.items():
+                    tables.append(item.object_attributes(reduction.segments, count=count))
+    tables = {count: np.concatenate(t) for count, t in counts.items()}
+    pred, true = np.concatenate(predicted), tables[wrapper.attribute_count]
     on_object = true[:, WITH_NONE] != -100
     out = {}
     for k, name in enumerate(OBJECT_ATTRIBUTES):
@@ -53,7 +61,15 @@ def readout(wrapper, videos: int) -> dict[str, dict[str, float]]:
         if k < WITH_NONE:  # colour and shape also name "none"
             row["none_accuracy"] = float((pred[~on_object, k] == true[~on_object, k]).mean())
         out[name] = row
-    return out
+    counted = {count: t[on_object, -1] for count, t in tables.items()}
+    differ = counted["scene"] != counted["seen"]
+    guess = pred[on_object, -1]
+    by_count = {}
+    for tokens, mask in (("differ", differ), ("agree", ~differ), ("all", np.ones_like(differ))):
+        row = {"share": float(mask.mean())}
+        row.update({count: float((guess[mask] == t[mask]).mean()) for count, t in counted.items()})
+        by_count[tokens] = row
+    return out, by_count
 
 
 def main() -> None:
@@ -95,10 +111,20 @@ def main() -> None:
     logger.info("%s, layer %d, %s", run, preset["attribute_layer"], checkpoint.name)
     logger.info("| attribute | object tokens | accuracy | majority class | accuracy on no-object tokens |")
     logger.info("|---|---|---|---|---|")
-    for name, r in readout(wrapper, args.videos).items():
+    attributes, by_count = readout(wrapper, args.videos)
+    for name, r in attributes.items():
         none = f"{100 * r['none_accuracy']:.1f}%" if "none_accuracy" in r else ""
         logger.info("| %s | %d | %.1f%% | %.1f%% | %s |", name, r["object_tokens"], 100 * r["accuracy"],
                     100 * r["majority"], none)  # fmt: skip
+    logger.info(
+        "\nsame_shape_count (trained on %r) against each count, by object tokens", wrapper.attribute_count
+    )
+    logger.info("| object tokens where scene and seen | share | right as scene | right as seen |")
+    logger.info("|---|---|---|---|")
+    for tokens, r in by_count.items():
+        logger.info(
+            "| %s | %.1f%% | %.1f%% | %.1f%% |", tokens, 100 * r["share"], 100 * r["scene"], 100 * r["seen"]
+        )
 
 
 if __name__ == "__main__":
