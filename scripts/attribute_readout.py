@@ -48,8 +48,8 @@ def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str
                 states = hidden.hidden_states[layer][0, positions].float()
                 logits = head(states).split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
                 predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
-                for count, tables in counts.items():
-                    tables.append(item.object_attributes(reduction.segments, count=count))
+                for count, rows in counts.items():
+                    rows.append(item.object_attributes(reduction.segments, count=count))
     tables = {count: np.concatenate(t) for count, t in counts.items()}
     pred, true = np.concatenate(predicted), tables[wrapper.attribute_count]
     on_object = true[:, WITH_NONE] != -100
