@@ -80,7 +80,7 @@ def main() -> None:
     if args.videos < 1:
         parser.error("--videos must be at least 1")
     run = Path(args.run)
-    from vidllm.train.checkpoint import latest_checkpoint
+    from vidllm.train.checkpoint import checkpoint_weights, latest_checkpoint
     from vidllm.train.loop import CHECKPOINT_DIR
 
     checkpoint = latest_checkpoint(run / "video" / CHECKPOINT_DIR)
@@ -89,12 +89,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import json
 
-    from safetensors.torch import load_file
-
     import vidllm
 
     preset = json.loads((run / "preset.json").read_text())["video"]
-    state = load_file(checkpoint / "model.safetensors")
+    state = checkpoint_weights(checkpoint)
     if "attribute_head.weight" not in state:
         parser.error(f"{checkpoint} has no attribute head (the run trained without the attribute loss)")
     from vidllm.train.trainer import VideoLLMForTraining

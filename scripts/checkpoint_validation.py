@@ -23,9 +23,9 @@ PREFIX = "model."  # the training wrapper's video LLM; its loss heads are not in
 
 def model_weights(checkpoint: Path) -> dict:
     """The video LLM's weights in a video-stage checkpoint, named as in the exported model."""
-    from safetensors.torch import load_file
+    from vidllm.train.checkpoint import checkpoint_weights
 
-    state = load_file(str(checkpoint / "model.safetensors"))
+    state = checkpoint_weights(checkpoint)
     return {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
 
 

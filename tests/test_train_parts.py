@@ -365,6 +365,9 @@ def test_checkpoint_round_trip_and_rotation(tmp_path):
     assert torch.equal(torch.rand(3), expected)  # the generator is back where it was at the save
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)
+    weights = ckpt.checkpoint_weights(tmp_path / "step_000003")  # the weights alone, nothing restored
+    assert weights.keys() == model.state_dict().keys()
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     sa, sb = opt.state_dict(), fresh_opt.state_dict()
     assert sa["param_groups"] == sb["param_groups"]
     for index, values in sa["state"].items():

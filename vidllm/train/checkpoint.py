@@ -187,6 +187,14 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The trained module's state dict in checkpoint ``path`` (its ``model.safetensors``), for
+    reading a checkpoint's weights without restoring the rest of its training state."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -199,7 +207,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     path = Path(path)
-    result = module.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    result = module.load_state_dict(checkpoint_weights(path), strict=True)
     if result.missing_keys or result.unexpected_keys:  # pragma: no cover - strict raises first
         raise RuntimeError(f"{path} does not match the model: {result}")
     if optimizer is not None:
@@ -218,6 +226,7 @@ def load_checkpoint(
 
 
 __all__ = [
+    "checkpoint_weights",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
