@@ -32,10 +32,12 @@ def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str
     and its same-shape count's accuracy against each of ``ATTRIBUTE_COUNTS`` (the scene's count,
     or the objects seen so far in the sequence) on the object tokens where the two differ, where
     they agree and on all (``share``: of the object tokens)."""
-    from vidllm.train.data import ATTRIBUTE_COUNTS, OBJECT_ATTRIBUTES, WITH_NONE, video_item
+    from vidllm.train.data import ATTRIBUTE_COUNTS, WITH_NONE, video_item
     from vidllm.train.trainer import VideoStepBatch
 
     model, head, layer = wrapper.model, wrapper.attribute_head, wrapper.attribute_layer
+    columns = wrapper.attribute_columns
+    count_column = list(columns).index("same_shape_count")
     layout = model.resolve_reducer("free-video-llm", None)
     num_frames = model.config.reducer_config().num_frames
     predicted, counts = [], {count: [] for count in ATTRIBUTE_COUNTS}
@@ -46,24 +48,28 @@ def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str
             for embeds, positions, reduction in wrapper.layouts(batch).values():
                 hidden = model.lm(inputs_embeds=embeds[None], use_cache=False, output_hidden_states=True)
                 states = hidden.hidden_states[layer][0, positions].float()
-                logits = head(states).split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
+                logits = head(states).split(list(columns.values()), dim=-1)
                 predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
                 for count, rows in counts.items():
-                    rows.append(item.object_attributes(reduction.segments, count=count))
+                    rows.append(
+                        item.object_attributes(
+                            reduction.segments, count=count, new_objects=wrapper.attribute_new_objects
+                        )
+                    )
     tables = {count: np.concatenate(t) for count, t in counts.items()}
     pred, true = np.concatenate(predicted), tables[wrapper.attribute_count]
     on_object = true[:, WITH_NONE] != -100
     out = {}
-    for k, name in enumerate(OBJECT_ATTRIBUTES):
+    for k, name in enumerate(columns):
         t, p = true[on_object, k], pred[on_object, k]
         row = {"object_tokens": int(on_object.sum()), "accuracy": float((t == p).mean()),
                "majority": float(np.bincount(t).max() / len(t))}  # fmt: skip
         if k < WITH_NONE:  # colour and shape also name "none"
             row["none_accuracy"] = float((pred[~on_object, k] == true[~on_object, k]).mean())
         out[name] = row
-    counted = {count: t[on_object, -1] for count, t in tables.items()}
+    counted = {count: t[on_object, count_column] for count, t in tables.items()}
     differ = counted["scene"] != counted["seen"]
-    guess = pred[on_object, -1]
+    guess = pred[on_object, count_column]
     by_count = {}
     for tokens, mask in (("differ", differ), ("agree", ~differ), ("all", np.ones_like(differ))):
         row = {"share": float(mask.mean())}
@@ -102,6 +108,7 @@ def main() -> None:
         attribute_weight=1.0,
         attribute_layer=preset["attribute_layer"],
         attribute_count=preset.get("attribute_count", "scene"),  # runs before the field: "scene"
+        attribute_new_objects=preset.get("attribute_new_objects", False),
     ).eval()
     wrapper.attribute_head.load_state_dict(
         {name: state[f"attribute_head.{name}"] for name in ("weight", "bias")}

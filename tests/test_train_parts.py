@@ -34,6 +34,7 @@ from vidllm.train.data import (
     OBJECT_ATTRIBUTES,
     START_BINS,
     TrainVideo,
+    attribute_columns,
     cell_attributes,
     cell_coverage,
     scorer_batch,
@@ -236,6 +237,18 @@ def test_object_attributes_give_each_token_the_scene_graph_of_its_object():
     assert set(crop[crop[:, 0] == COLORS.index("blue"), -1].tolist()) == {1}
     with pytest.raises(ValueError, match="count must be one of"):
         item.object_attributes(segments, count="all")
+
+    # new_objects: a last column flags each object's first token in the sequence, 0 its later ones
+    flagged = item.object_attributes(segments, new_objects=True)
+    assert flagged.shape == (36, len(attribute_columns(new_objects=True)))
+    assert list(attribute_columns(new_objects=True))[-1] == "new_object"
+    assert np.array_equal(flagged[:, :-1], table)
+    new, colors = flagged[:, -1], flagged[:, 0]
+    assert np.array_equal(new == -100, colors == len(COLORS))  # asked of object tokens only
+    assert sorted(colors[new == 1].tolist()) == sorted(COLORS.index(o.color) for o in (star, square, late))
+    for k in np.flatnonzero(new == 1):
+        assert colors[k] not in colors[:k]  # no earlier token shows its object
+    assert new[32:].max() == 0  # the crop shows the blue square again
 
 
 def test_yuv420_roundtrip_halves_chroma_and_keeps_grey():

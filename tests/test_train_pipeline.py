@@ -248,17 +248,26 @@ def test_two_processes_train_with_distributed_data_parallel(tmp_path):
     assert (out / "model" / "vision.safetensors").is_file()
 
 
-def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
+@pytest.mark.parametrize("new_objects", [False, True])
+def test_relevance_targets_mark_the_subjects_tokens(smoke_run, new_objects):
     """The auxiliary relevance and attribute losses: visual tokens are found in the LM input,
     the relevance targets are positive exactly on tokens whose region shows a subject of the
-    question, and the attribute targets are one row per visual token."""
+    question, and the attribute targets are one row per visual token, one column per head
+    output group (with or without the new-object flag)."""
     from vidllm.model import VideoLLM
-    from vidllm.train.data import video_item
+    from vidllm.train.data import attribute_columns, video_item
 
     model = VideoLLM.from_pretrained(smoke_run.model_dir)
     wrapper = VideoLLMForTraining(
-        model, relevance_weight=1.0, relevance_layer=1, attribute_weight=1.0, attribute_layer=1
+        model,
+        relevance_weight=1.0,
+        relevance_layer=1,
+        attribute_weight=1.0,
+        attribute_layer=1,
+        attribute_new_objects=new_objects,
     ).eval()
+    columns = attribute_columns(new_objects)
+    assert wrapper.attribute_head.out_features == sum(columns.values())
     num_frames = model.config.reducer_config().num_frames
     item = video_item(21, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
     batch = VideoStepBatch([item], model.resolve_reducer("uniform", None), "uniform", [(0, 0), (0, 1)])
@@ -272,7 +281,8 @@ def test_relevance_targets_mark_the_subjects_tokens(smoke_run):
     assert 0.0 <= metrics["relevance_acc"] <= 1.0
     assert metrics["attribute_loss"] > 0
     for _, positions, reduction in layouts.values():  # one attribute row per visual token
-        assert item.object_attributes(reduction.segments).shape[0] == len(positions)
+        table = item.object_attributes(reduction.segments, new_objects=new_objects)
+        assert table.shape == (len(positions), len(columns))
 
 
 @pytest.mark.parametrize("train_head", [True, False])

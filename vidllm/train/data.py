@@ -307,10 +307,13 @@ class TrainVideo:
             labels.append(coverage.ravel())
         return np.concatenate(labels)
 
-    def object_attributes(self, segments, min_coverage: float = 0.3, count: str = "scene") -> np.ndarray:
-        """``(N, len(OBJECT_ATTRIBUTES))`` int64: per token of a reduction's ``segments``, the
-        scene-graph attributes of the object covering its cell most (at least ``min_coverage``):
-        targets of the trainer's attribute loss (:data:`OBJECT_ATTRIBUTES` lists the columns).
+    def object_attributes(
+        self, segments, min_coverage: float = 0.3, count: str = "scene", new_objects: bool = False
+    ) -> np.ndarray:
+        """``(N, len(attribute_columns(new_objects)))`` int64: per token of a reduction's
+        ``segments``, the scene-graph attributes of the object covering its cell most (at least
+        ``min_coverage``): targets of the trainer's attribute loss (:func:`attribute_columns`
+        lists the columns).
 
         A token showing no object gets each attribute's "none" class (the last) for colour and
         shape and ``-100`` (ignored) for the rest.
@@ -319,6 +322,11 @@ class TrainVideo:
         in the whole scene, less one; ``"seen"``, those shown by this token or an earlier one in
         the sequence, less one: what a causal LM can know at that token (the scene's count is
         then on the last token of each shape).
+
+        ``new_objects`` adds a last column: 1 on the first token in the sequence that shows each
+        object, 0 on its later tokens. A causal LM can know it at every token (no earlier token
+        shows the same colour and shape, one object a colour), and the objects of a shape are then
+        counted as its flagged tokens, however many tokens each object has.
         """
         if count not in ATTRIBUTE_COUNTS:
             raise ValueError(f"count must be one of {ATTRIBUTE_COUNTS}, got {count!r}")
@@ -355,6 +363,13 @@ class TrainVideo:
                 if owner >= 0:
                     seen.add(owner)
                     attributes[k, -1] = sum(objects[j].shape == objects[owner].shape for j in seen) - 1
+        if new_objects:
+            new = np.full((len(owners), 1), -100, dtype=np.int64)
+            on_object = owners >= 0
+            new[on_object] = 0
+            _, first = np.unique(owners[on_object], return_index=True)
+            new[np.flatnonzero(on_object)[first]] = 1
+            attributes = np.concatenate([attributes, new], axis=1)
         return attributes
 
 
@@ -371,6 +386,13 @@ OBJECT_ATTRIBUTES = {
     "start": START_BINS,
     "same_shape_count": len(COLORS),  # at most one object per colour
 }
+
+
+def attribute_columns(new_objects: bool = False) -> dict[str, int]:
+    """The attribute loss's columns and their class counts: :data:`OBJECT_ATTRIBUTES`, and with
+    ``new_objects`` whether the token is its object's first in the sequence
+    (:meth:`TrainVideo.object_attributes`)."""
+    return {**OBJECT_ATTRIBUTES, "new_object": 2} if new_objects else dict(OBJECT_ATTRIBUTES)
 
 
 def balanced_pick(rng: np.random.Generator, candidates: Sequence[tuple], asked: set[str]) -> tuple:

@@ -146,6 +146,11 @@ class VideoStageSpec:
     # video; "seen", those shown so far in the sequence (a causal LM cannot know of objects shown
     # only by later tokens; "scene" asks 11% of the default layout's object tokens for them).
     attribute_count: str = "scene"
+    # Also ask each object token whether it is its object's first in the sequence: what a causal
+    # LM can know at every token, and from which a later layer counts the objects of a shape as
+    # its flagged tokens (an attention average over a shape's tokens weighs objects by their
+    # token counts instead, and the seen-so-far count is right only on a shape's last token).
+    attribute_new_objects: bool = False
     # Auxiliary loss: next-token loss on the prompt's text after the video. With the question
     # asked before the video too (the default template), that text is a copy across the visual
     # tokens, which a from-scratch LM learns by forming the long-range attention (induction

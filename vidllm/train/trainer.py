@@ -47,7 +47,7 @@ from vidllm.reducer import (
     reduce_uniform,
     uniform_frames,
 )
-from vidllm.train.data import OBJECT_ATTRIBUTES, WITH_NONE, TrainVideo, video_batch
+from vidllm.train.data import WITH_NONE, TrainVideo, attribute_columns, video_batch
 from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
 from vidllm.train.presets import MIX_KEYS, LoRAStageSpec, Preset, VideoStageSpec, mix_settings
 
@@ -171,6 +171,7 @@ class VideoLLMForTraining(nn.Module):
         attribute_weight: float = 0.0,
         attribute_layer: int = 2,
         attribute_count: str = "scene",
+        attribute_new_objects: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -181,13 +182,15 @@ class VideoLLMForTraining(nn.Module):
         self.attribute_weight = attribute_weight
         self.attribute_layer = attribute_layer
         self.attribute_count = attribute_count
+        self.attribute_new_objects = attribute_new_objects
+        self.attribute_columns = attribute_columns(attribute_new_objects)
         hidden = model.lm.get_input_embeddings().embedding_dim
         self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
         if self.relevance_head is not None and not train_relevance_head:
             self.relevance_head.requires_grad_(False)  # a fixed probe: only the LM adapts to it
         # Created after the relevance head, so a run without it draws the same initial weights.
         self.attribute_head = (
-            nn.Linear(hidden, sum(OBJECT_ATTRIBUTES.values())) if attribute_weight > 0 else None
+            nn.Linear(hidden, sum(self.attribute_columns.values())) if attribute_weight > 0 else None
         )
 
     def train(self, mode: bool = True) -> VideoLLMForTraining:
@@ -322,18 +325,21 @@ class VideoLLMForTraining(nn.Module):
         return balanced_bce(logits, target), accuracy
 
     def _attribute_loss(self, batch: VideoStepBatch, layouts: dict, hidden: torch.Tensor):
-        """Cross-entropy of the shown object's attributes (:data:`OBJECT_ATTRIBUTES`) at every
+        """Cross-entropy of the shown object's attributes (``self.attribute_columns``) at every
         visual token, read from the LM's hidden states at ``attribute_layer``. Tokens on an object
         and tokens on none weigh half each in the colour and shape terms (objects cover a few
-        percent of the cells); the other attributes are asked of object tokens only. Also returns
-        the share of object tokens whose every attribute is predicted right."""
+        percent of the cells); the other attributes are asked of object tokens only, an object's
+        first token and its later ones half each in the ``new_object`` term. Also returns the
+        share of object tokens whose every attribute is predicted right."""
         states, target = self._visual_states(
             batch,
             layouts,
             hidden,
-            lambda item, qa, segments: item.object_attributes(segments, count=self.attribute_count),
+            lambda item, qa, segments: item.object_attributes(
+                segments, count=self.attribute_count, new_objects=self.attribute_new_objects
+            ),
         )
-        logits = self.attribute_head(states).float().split(list(OBJECT_ATTRIBUTES.values()), dim=-1)
+        logits = self.attribute_head(states).float().split(list(self.attribute_columns.values()), dim=-1)
         on_object = target[:, WITH_NONE] != -100
         n_object = int(on_object.sum())
         weights = torch.where(on_object, 0.5 / max(n_object, 1), 0.5 / max(len(target) - n_object, 1)) * (
@@ -341,11 +347,18 @@ class VideoLLMForTraining(nn.Module):
         )
         loss = logits[0].new_zeros(())
         right = torch.ones_like(on_object)
-        for k, lg in enumerate(logits):
+        for k, (name, lg) in enumerate(zip(self.attribute_columns, logits)):
             per_token = F.cross_entropy(lg, target[:, k], ignore_index=-100, reduction="none")
-            loss = loss + (
-                (per_token * weights).sum() if k < WITH_NONE else per_token.sum() / max(n_object, 1)
-            )
+            if k < WITH_NONE:
+                loss = loss + (per_token * weights).sum()
+            elif name == "new_object":  # one first token an object against its many later ones
+                n_new = int((target[:, k] == 1).sum())
+                new_weights = torch.where(
+                    target[:, k] == 1, 0.5 / max(n_new, 1), 0.5 / max(n_object - n_new, 1)
+                ) * (2.0 if n_new in (0, n_object) else 1.0)
+                loss = loss + (per_token * new_weights).sum()
+            else:
+                loss = loss + per_token.sum() / max(n_object, 1)
             right &= (lg.argmax(-1) == target[:, k]) | (target[:, k] == -100)
         accuracy = float(right[on_object].float().mean()) if n_object else float("nan")
         return loss, accuracy
@@ -835,6 +848,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
         attribute_weight=preset.video.attribute_loss_weight,
         attribute_layer=preset.video.attribute_layer,
         attribute_count=preset.video.attribute_count,
+        attribute_new_objects=preset.video.attribute_new_objects,
         question_weight=preset.video.question_loss_weight,
     )
     results["video"] = run_stage(
