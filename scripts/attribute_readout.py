@@ -8,7 +8,11 @@ visual tokens that show an object (and for colour and shape, on those that show 
 the share of the most frequent class (what a head that ignores the token would get); then the
 same-shape count's accuracy against both counts it can be trained on (``video.attribute_count``:
 the scene's, or the objects shown so far in the sequence, all a causal LM can know), on the
-tokens where they differ and where they agree.
+tokens where they differ and where they agree. A run trained with ``video.attribute_new_objects``
+also has its ``new_object`` flag read out. Last, per right answer of the count questions among
+them: how often the LM's most probable digit is right, how often the tokens show every object of
+the asked shape (counting the objects' first tokens, the true flags), and how often the head's
+flagged tokens of the asked shape count right.
 
     .venv/bin/python scripts/attribute_readout.py --run runs/default [--videos 60]
 """
@@ -27,11 +31,15 @@ logger = logging.getLogger("attribute_readout")
 FIRST_INDEX = 5_000_000  # video_item indices used here (as scripts/answer_attention.py)
 
 
-def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+def readout(wrapper, videos: int) -> tuple[dict, dict, dict]:
     """Per attribute, the accuracy of ``wrapper``'s attribute head (a ``VideoLLMForTraining``);
-    and its same-shape count's accuracy against each of ``ATTRIBUTE_COUNTS`` (the scene's count,
-    or the objects seen so far in the sequence) on the object tokens where the two differ, where
-    they agree and on all (``share``: of the object tokens)."""
+    its same-shape count's accuracy against each of ``ATTRIBUTE_COUNTS`` (the scene's count, or
+    the objects seen so far in the sequence) on the object tokens where the two differ, where
+    they agree and on all (``share``: of the object tokens); and per right answer of the count
+    questions, how often the LM's most probable digit is right, how often the tokens show every
+    object of the asked shape (their objects' first tokens, counted) and, with a ``new_object``
+    column, how often the head's flagged tokens of the asked shape count right."""
+    from vidllm.data.synthetic import SHAPES
     from vidllm.train.data import ATTRIBUTE_COUNTS, WITH_NONE, video_item
     from vidllm.train.trainer import VideoStepBatch
 
@@ -41,15 +49,33 @@ def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str
     layout = model.resolve_reducer("free-video-llm", None)
     num_frames = model.config.reducer_config().num_frames
     predicted, counts = [], {count: [] for count in ATTRIBUTE_COUNTS}
+    counting = {}  # right answer -> [questions, LM right, true flags right, head's flags right]
+    tokenizer = model.tokenizer
+    space, *_ = tokenizer(" 0", add_special_tokens=False)["input_ids"]
+    digits = [tokenizer(f" {d}", add_special_tokens=False)["input_ids"][-1] for d in range(5)]
     with torch.no_grad():
         for i in range(videos):
             item = video_item(FIRST_INDEX + i, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
             batch = VideoStepBatch([item], layout, "default", [(0, q) for q in range(len(item.questions))])
-            for embeds, positions, reduction in wrapper.layouts(batch).values():
+            for (_, q), (embeds, positions, reduction) in wrapper.layouts(batch).items():
                 hidden = model.lm(inputs_embeds=embeds[None], use_cache=False, output_hidden_states=True)
                 states = hidden.hidden_states[layer][0, positions].float()
                 logits = head(states).split(list(columns.values()), dim=-1)
-                predicted.append(torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy())
+                guess = torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy()
+                predicted.append(guess)
+                question = item.questions[q].question
+                if question.template == "count":
+                    # the digit after the answer's leading space, teacher-forced
+                    spaced = torch.cat([embeds, model.lm.get_input_embeddings()(torch.tensor([space]))])
+                    answer = int(model.lm(inputs_embeds=spaced[None]).logits[0, -1, digits].argmax())
+                    shape = SHAPES.index(question.slots["shape"])
+                    true = item.object_attributes(reduction.segments, new_objects=True)
+                    tables = [true] + ([guess] if wrapper.attribute_new_objects else [])
+                    flagged = [int(((t[:, -1] == 1) & (t[:, 1] == shape)).sum()) for t in tables]
+                    row = counting.setdefault(int(question.answer), [0, 0, 0, 0])
+                    for k, n in enumerate([answer, *flagged]):
+                        row[k + 1] += n == int(question.answer)
+                    row[0] += 1
                 for count, rows in counts.items():
                     rows.append(
                         item.object_attributes(
@@ -66,6 +92,9 @@ def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str
                "majority": float(np.bincount(t).max() / len(t))}  # fmt: skip
         if k < WITH_NONE:  # colour and shape also name "none"
             row["none_accuracy"] = float((pred[~on_object, k] == true[~on_object, k]).mean())
+        if name == "new_object":  # a rare class: the accuracy on each (the loss weighs them evenly)
+            row["first_tokens"] = float((p[t == 1] == 1).mean())
+            row["later_tokens"] = float((p[t == 0] == 0).mean())
         out[name] = row
     counted = {count: t[on_object, count_column] for count, t in tables.items()}
     differ = counted["scene"] != counted["seen"]
@@ -75,7 +104,7 @@ def readout(wrapper, videos: int) -> tuple[dict[str, dict[str, float]], dict[str
         row = {"share": float(mask.mean())}
         row.update({count: float((guess[mask] == t[mask]).mean()) for count, t in counted.items()})
         by_count[tokens] = row
-    return out, by_count
+    return out, by_count, dict(sorted(counting.items()))
 
 
 def main() -> None:
@@ -116,11 +145,18 @@ def main() -> None:
     logger.info("%s, layer %d, %s", run, preset["attribute_layer"], checkpoint.name)
     logger.info("| attribute | object tokens | accuracy | majority class | accuracy on no-object tokens |")
     logger.info("|---|---|---|---|---|")
-    attributes, by_count = readout(wrapper, args.videos)
+    attributes, by_count, counting = readout(wrapper, args.videos)
     for name, r in attributes.items():
         none = f"{100 * r['none_accuracy']:.1f}%" if "none_accuracy" in r else ""
         logger.info("| %s | %d | %.1f%% | %.1f%% | %s |", name, r["object_tokens"], 100 * r["accuracy"],
                     100 * r["majority"], none)  # fmt: skip
+    if "new_object" in attributes:
+        r = attributes["new_object"]
+        logger.info(
+            "new_object: right on %.1f%% of objects' first tokens and %.1f%% of their later ones",
+            100 * r["first_tokens"],
+            100 * r["later_tokens"],
+        )
     logger.info(
         "\nsame_shape_count (trained on %r) against each count, by object tokens", wrapper.attribute_count
     )
@@ -130,6 +166,14 @@ def main() -> None:
         logger.info(
             "| %s | %.1f%% | %.1f%% | %.1f%% |", tokens, 100 * r["share"], 100 * r["scene"], 100 * r["seen"]
         )
+    logger.info(
+        "\ncount questions counted right: the LM's answer, the objects the tokens show, the head's flags"
+    )
+    logger.info("| right answer | questions | LM's digit | objects the tokens show | flagged by the head |")
+    logger.info("|---|---|---|---|---|")
+    for answer, row in [*counting.items(), ("all", [sum(r[k] for r in counting.values()) for k in range(4)])]:
+        head_flags = str(row[3]) if wrapper.attribute_new_objects else "-"
+        logger.info("| %s | %d | %d | %d | %s |", answer, *row[:3], head_flags)
 
 
 if __name__ == "__main__":
