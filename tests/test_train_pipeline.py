@@ -203,9 +203,40 @@ def test_cli_lists_presets_and_rejects_unknown_ones(tmp_path, capsys):
     )
     assert "unknown templates ['frist']" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    assert (
+        main(["train", "--set", 'lora.template_weights={"frist": 2}', "--output-dir", str(tmp_path / "run")])
+        == 2
+    )
+    assert "unknown templates ['frist']" in capsys.readouterr().err
     assert main(["train", "--set", "video.attribute_count=all", "--output-dir", str(tmp_path / "run")]) == 2
     assert "video.attribute_count must be one of" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_stage_draws_its_own_template_weights():
+    """A LoRA stage's ``template_weights`` set its targeted questions' templates; None leaves
+    them to the video stage's."""
+    from vidllm.data.synthetic import TEMPLATES
+    from vidllm.train.scorer_training import build_dual_encoder
+    from vidllm.train.tokenizer import train_tokenizer, world_corpus
+    from vidllm.train.trainer import make_video_batch_fn
+
+    preset = get_preset("smoke")
+    tokenizer = train_tokenizer(world_corpus(num_items=20), vocab_size=300)
+    model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
+    only = lambda template: {t: 0 for t in TEMPLATES if t != template}
+
+    def targeted(stage) -> set[str]:
+        batches = [make_video_batch_fn(model, preset, stage, mix=preset.video.reducer_mix, stage_seed=3)(s, 0, 1)
+                   for s in range(3)]  # fmt: skip
+        return {item.questions[0].question.template for b in batches for item in b.videos}
+
+    preset.video.template_weights = only("shape")
+    assert preset.lora.template_weights is None
+    assert targeted(preset.lora) == {"shape"}
+    preset.lora.template_weights = only("count")
+    assert targeted(preset.lora) == {"count"}
+    assert targeted(preset.video) == {"shape"}
 
 
 @pytest.mark.slow

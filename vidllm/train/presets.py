@@ -176,6 +176,9 @@ class LoRAStageSpec:
     train_projector: bool = True
     compress_prob: float = 1.0
     yuv420_prob: float = 0.0
+    # The targeted questions' template weights in this stage (VideoStageSpec.template_weights);
+    # None: the video stage's.
+    template_weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -443,6 +446,8 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     for entry in preset.video.reducer_mix:  # before any training, not when the video stage starts
         mix_settings(entry, preset.model.reducer)
     template_probabilities(preset.video.template_weights)
+    if preset.lora.template_weights is not None:
+        template_probabilities(preset.lora.template_weights)
     if preset.video.attribute_count not in ATTRIBUTE_COUNTS:
         raise ValueError(f"video.attribute_count must be one of {ATTRIBUTE_COUNTS}")
     return preset

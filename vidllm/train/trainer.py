@@ -467,6 +467,8 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
     """``(step, rank, world_size) -> VideoStepBatch``: one layout per step drawn from ``mix``,
     and as many questions as ``max_lm_tokens`` allows for that layout's length."""
     spec = preset.video
+    # the stage's own template weights (a LoRA stage's None: the video stage's)
+    template_weights = spec.template_weights if stage.template_weights is None else stage.template_weights
     reducer = model.config.reducer_config()
     weights = np.array([float(e.get("weight", 1.0)) for e in mix])
     weights = weights / weights.sum()
@@ -490,7 +492,7 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
             questions=stage.questions,
             mc_share=spec.mc_share,
             balanced_extras=spec.balanced_extras,
-            template_weights=spec.template_weights,
+            template_weights=template_weights,
             yuv420_prob=stage.yuv420_prob,
             compress_prob=stage.compress_prob,
         )
