@@ -328,7 +328,8 @@ DEFAULT = Preset(
     # v19 (the shipped model) adds a LoRA stage on H.264 frames whose targeted questions ask
     # "how many" half of the time (count 4, every other template 1): v12's count answers 55.7%
     # -> 72.1% of validation's, 85.3% -> 87.3% overall; the same stage with uniform templates
-    # (v18) gave 84.3%. docs/training_runs.md, "A LoRA stage".
+    # (v18) gave 84.3%; after seed 1's video stage it gave 73.3% against 73.7% without it.
+    # docs/training_runs.md, "v18, v19".
     lora=LoRAStageSpec(steps=600, template_weights={"count": 4}),
 )
 
