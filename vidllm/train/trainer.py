@@ -150,6 +150,13 @@ class VideoStepBatch:
     selected: list[tuple[int, int]]  # (video, question) pairs trained on this step
 
 
+def _half_each(positive: torch.Tensor, total: int) -> torch.Tensor:
+    """Per-token loss weights that give the ``positive`` tokens half of the loss and the other
+    ``total - positive.sum()`` the other half (all of it to one side when the other is empty)."""
+    n = int(positive.sum())
+    return torch.where(positive, 0.5 / max(n, 1), 0.5 / max(total - n, 1)) * (2.0 if n in (0, total) else 1.0)
+
+
 class VideoLLMForTraining(nn.Module):
     """A :class:`vidllm.model.VideoLLM` with a training ``forward``: the loss of a batch.
 
@@ -342,9 +349,7 @@ class VideoLLMForTraining(nn.Module):
         logits = self.attribute_head(states).float().split(list(self.attribute_columns.values()), dim=-1)
         on_object = target[:, WITH_NONE] != -100
         n_object = int(on_object.sum())
-        weights = torch.where(on_object, 0.5 / max(n_object, 1), 0.5 / max(len(target) - n_object, 1)) * (
-            2.0 if n_object in (0, len(target)) else 1.0
-        )
+        weights = _half_each(on_object, len(target))
         loss = logits[0].new_zeros(())
         right = torch.ones_like(on_object)
         for k, (name, lg) in enumerate(zip(self.attribute_columns, logits)):
@@ -352,11 +357,7 @@ class VideoLLMForTraining(nn.Module):
             if k < WITH_NONE:
                 loss = loss + (per_token * weights).sum()
             elif name == "new_object":  # one first token an object against its many later ones
-                n_new = int((target[:, k] == 1).sum())
-                new_weights = torch.where(
-                    target[:, k] == 1, 0.5 / max(n_new, 1), 0.5 / max(n_object - n_new, 1)
-                ) * (2.0 if n_new in (0, n_object) else 1.0)
-                loss = loss + (per_token * new_weights).sum()
+                loss = loss + (per_token * _half_each(target[:, k] == 1, n_object)).sum()
             else:
                 loss = loss + per_token.sum() / max(n_object, 1)
             right &= (lg.argmax(-1) == target[:, k]) | (target[:, k] == -100)
