@@ -300,24 +300,23 @@ DEFAULT = Preset(
     description="the bundled model: GhostNet tower (stride 8, 64 px), dual-encoder scorer, 4-layer VersatileFFN LM",
     model=ModelSpec(lm=DEFAULT_LM, reducer=DEFAULT_REDUCER, visual_positions=True, motion_inputs=True),
     scorer=ScorerStageSpec(steps=2000),
-    # The shipped model's video stage (v12's). v0, the first shipped model, trained on the
-    # answers and a relevance loss through a fixed random head (train_relevance_head=False, as here); v8 added
-    # the attribute loss (every visual token asked, at layer 2, for its object's colour, shape,
-    # direction, appearance time and same-shape count) and gave the projector each token's
+    # The shipped model's video stage (v12's). v0, the first shipped model, trained on the answers
+    # and a relevance loss through a fixed random head (train_relevance_head=False, as here); v8
+    # added the attribute loss (every visual token asked, at layer 2, for its object's colour,
+    # shape, direction, appearance time and same-shape count) and gave the projector each token's
     # place and time. On the same batches it answered 10 points more than v0 at equal steps from
-    # step 500 on; runs that changed the learning rate or FFN, trained the relevance head or
-    # added relevance inputs or a question loss did not. v9 also gave the projector each token's
-    # feature change across the encoded frames around its own (motion_inputs): direction
-    # answers 25% -> 73%, but count 59% -> 30%, nearly always "0", the commonest count answer in
-    # training (46%). v10 draws each video's further questions as its targeted one is drawn
-    # (balanced_extras; 0 is then 37% of the count answers). v11 places the crops on the
-    # subject (the reducer's roi_center="window"): shape and direction answers 74% -> 91%, but
-    # count 52% -> 27%, mostly "1". v12 trains a share of the default layout on the official
-    # placement too (DEFAULT_MIX). docs/training_runs.md has them all: v11 is
-    # this preset with the mix's default layout on the window's placement alone, v10 also with
-    # model.reducer.roi_center=mean, v9 also with video.balanced_extras=false, v8 also with
-    # model.motion_inputs=false; v0 also with model.visual_positions=false and
-    # video.attribute_loss_weight=0.
+    # step 500 on; runs that changed the learning rate or FFN, trained the relevance head or added
+    # relevance inputs or a question loss did not. v9 also gave the projector each token's feature
+    # change across the encoded frames around its own (motion_inputs): direction answers 25% -> 73%,
+    # but count 59% -> 30%, nearly always "0", the commonest count answer in training (46%). v10
+    # draws each video's further questions as its targeted one is drawn (balanced_extras; 0 is then
+    # 37% of the count answers). v11 places the crops on the subject (the reducer's
+    # roi_center="window"): shape and direction answers 74% -> 91%, but count 52% -> 27%, mostly
+    # "1". v12 trains a share of the default layout on the official placement too (DEFAULT_MIX).
+    # docs/training_runs.md has them all: v11 is this preset with the mix's default layout on the
+    # window's placement alone, v10 also with model.reducer.roi_center=mean, v9 also with
+    # video.balanced_extras=false, v8 also with model.motion_inputs=false; v0 also with
+    # model.visual_positions=false and video.attribute_loss_weight=0.
     video=VideoStageSpec(
         steps=4000,
         reducer_mix=DEFAULT_MIX,
