@@ -58,16 +58,17 @@ def readout(wrapper, videos: int) -> tuple[dict, dict, dict]:
             item = video_item(FIRST_INDEX + i, seed=0, num_frames=num_frames, questions=3, mc_share=0.0)
             batch = VideoStepBatch([item], layout, "default", [(0, q) for q in range(len(item.questions))])
             for (_, q), (embeds, positions, reduction) in wrapper.layouts(batch).items():
-                hidden = model.lm(inputs_embeds=embeds[None], use_cache=False, output_hidden_states=True)
+                # with the answer's leading space after the prompt: a causal LM's states before it
+                # are the prompt's own, and its last logits give the answer's first word
+                spaced = torch.cat([embeds, model.lm.get_input_embeddings()(torch.tensor([space]))])
+                hidden = model.lm(inputs_embeds=spaced[None], use_cache=False, output_hidden_states=True)
                 states = hidden.hidden_states[layer][0, positions].float()
                 logits = head(states).split(list(columns.values()), dim=-1)
                 guess = torch.stack([lg.argmax(-1) for lg in logits], dim=1).numpy()
                 predicted.append(guess)
                 question = item.questions[q].question
                 if question.template == "count":
-                    # the digit after the answer's leading space, teacher-forced
-                    spaced = torch.cat([embeds, model.lm.get_input_embeddings()(torch.tensor([space]))])
-                    answer = int(model.lm(inputs_embeds=spaced[None]).logits[0, -1, digits].argmax())
+                    answer = int(hidden.logits[0, -1, digits].argmax())  # teacher-forced digit
                     shape = SHAPES.index(question.slots["shape"])
                     true = item.object_attributes(reduction.segments, new_objects=True)
                     tables = [true] + ([guess] if wrapper.attribute_new_objects else [])
