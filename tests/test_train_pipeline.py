@@ -208,6 +208,8 @@ def test_cli_lists_presets_and_rejects_unknown_ones(tmp_path, capsys):
         == 2
     )
     assert "unknown templates ['frist']" in capsys.readouterr().err
+    assert main(["train", "--set", f"lora.reducer_mix={bad}", "--output-dir", str(tmp_path / "run")]) == 2
+    assert "roi_center must be one of" in capsys.readouterr().err
     assert main(["train", "--set", "video.attribute_count=all", "--output-dir", str(tmp_path / "run")]) == 2
     assert "video.attribute_count must be one of" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -237,6 +239,27 @@ def test_lora_stage_draws_its_own_template_weights():
     preset.lora.template_weights = only("count")
     assert targeted(preset.lora) == {"count"}
     assert targeted(preset.video) == {"shape"}
+
+
+def test_lora_stage_trains_on_its_own_reducer_mix():
+    """A LoRA stage's ``reducer_mix`` sets the layouts it trains on; None leaves them to the
+    video stage's."""
+    from vidllm.train.scorer_training import build_dual_encoder
+    from vidllm.train.tokenizer import train_tokenizer, world_corpus
+    from vidllm.train.trainer import VideoLLMForTraining, lora_stage
+
+    tokenizer = train_tokenizer(world_corpus(num_items=20), vocab_size=300)
+
+    def layouts(preset) -> set[str]:
+        model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
+        stage = lora_stage(preset, VideoLLMForTraining(model))
+        return {stage.batch_fn(s, 0, 1).layout_name for s in range(8)}
+
+    preset = get_preset("smoke")
+    assert preset.lora.reducer_mix is None
+    assert layouts(preset) == {"free-video-llm@default", "uniform@32"}  # the video stage's
+    preset.lora.reducer_mix = [{"reducer": "free-video-llm", "budget": None, "roi_center": "mean"}]
+    assert layouts(preset) == {"free-video-llm@default[roi_center=mean]"}
 
 
 @pytest.mark.slow

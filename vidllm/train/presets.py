@@ -179,6 +179,8 @@ class LoRAStageSpec:
     # The targeted questions' template weights in this stage (VideoStageSpec.template_weights);
     # None: the video stage's.
     template_weights: dict[str, float] | None = None
+    # The layouts this stage trains on (VideoStageSpec.reducer_mix); None: the video stage's.
+    reducer_mix: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -447,7 +449,7 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
             setattr(target, last, value)
         else:
             raise KeyError(f"preset field {key!r} does not exist")
-    for entry in preset.video.reducer_mix:  # before any training, not when the video stage starts
+    for entry in [*preset.video.reducer_mix, *(preset.lora.reducer_mix or [])]:  # before any training
         mix_settings(entry, preset.model.reducer)
     template_probabilities(preset.video.template_weights)
     if preset.lora.template_weights is not None:

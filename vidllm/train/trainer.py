@@ -553,7 +553,8 @@ def lora_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
     model.projector.requires_grad_(spec.train_projector)
     model.lm = apply_lora(model.lm, r=spec.r, lora_alpha=spec.alpha)
     params = [p for p in wrapper.parameters() if p.requires_grad]
-    batch_fn = make_video_batch_fn(model, preset, spec, mix=preset.video.reducer_mix, stage_seed=3)
+    mix = preset.video.reducer_mix if spec.reducer_mix is None else spec.reducer_mix
+    batch_fn = make_video_batch_fn(model, preset, spec, mix=mix, stage_seed=3)
     return Stage(
         name="lora",
         module=wrapper,
