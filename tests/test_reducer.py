@@ -87,6 +87,24 @@ def test_slow_path_picks_exactly_the_top_k_frames_in_time_order():
     assert reduction.frames("slow") == [1, 3, 5]
 
 
+def test_slow_min_gap_spreads_the_slow_frames_over_the_moments_they_show():
+    """Temporal non-maximum suppression: the best frame, then the best at least ``slow_min_gap``
+    from those taken; the best passed over fill in when the gap leaves too few."""
+    scores = torch.tensor([0.1, 0.9, 0.85, 0.8, 0.2, 0.3, 0.0, 0.5])
+    features = torch.randn(8, 4, 4, 2)
+
+    def slow(gap: int, k: int = 3) -> list[int]:
+        config = ReducerConfig(num_frames=8, slow_frames=k, middle_frames=0, slow_min_gap=gap)
+        return reduce_free_video_llm(features, scores, None, config).frames("slow")
+
+    assert slow(0) == slow(1) == [1, 2, 3]  # the paper's top-k: three neighbours
+    assert slow(2) == [1, 3, 7]
+    assert slow(4) == [1, 2, 7]  # 1 and 7, then the best passed over
+    assert slow(8) == [1, 2, 3]  # no frame is 8 away: the best passed over
+    with pytest.raises(ValueError, match="slow_min_gap"):
+        ReducerConfig(slow_min_gap=-1)
+
+
 def test_middle_path_matches_the_official_spacing():
     assert middle_frames(50, 5) == [0, 10, 20, 30, 40]
     assert middle_frames(7, 3) == [0, 2, 4]

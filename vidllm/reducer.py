@@ -67,6 +67,9 @@ class ReducerConfig:
             a small subject.
         roi_temperature: the ``"window"`` weights' temperature, in units of the scores (cosine
             similarities): a cell far below the frame's peak adds almost nothing.
+        slow_min_gap: the slow frames' least distance apart, in sampled frames (:func:`top_frames`):
+            0 takes the ``k`` best frames (the paper), which are often neighbours showing the same
+            moment; a gap spreads them over the moments where the question's subjects appear.
     """
 
     num_frames: int = 50
@@ -78,6 +81,7 @@ class ReducerConfig:
     roi_mode: Literal["tokens", "reencode"] = "tokens"
     roi_center: Literal["mean", "window"] = "mean"
     roi_temperature: float = 0.05
+    slow_min_gap: int = 0
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -96,6 +100,8 @@ class ReducerConfig:
             raise ValueError(f"roi_center must be one of {ROI_CENTERS}, got {self.roi_center!r}")
         if not self.roi_temperature > 0:
             raise ValueError(f"roi_temperature must be > 0, got {self.roi_temperature}")
+        if self.slow_min_gap < 0:
+            raise ValueError(f"slow_min_gap must be >= 0, got {self.slow_min_gap}")
         object.__setattr__(self, "fast_grid", tuple(int(v) for v in self.fast_grid))
 
     def to_dict(self) -> dict:
@@ -313,12 +319,22 @@ def adaptive_pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def top_frames(scores: torch.Tensor, k: int) -> list[int]:
-    """Indices of the ``k`` highest scores, in temporal order (ties: the earlier frame)."""
+def top_frames(scores: torch.Tensor, k: int, min_gap: int = 0) -> list[int]:
+    """Indices of the ``k`` highest scores, in temporal order (ties: the earlier frame).
+
+    With ``min_gap``, greedily by score, a frame closer than ``min_gap`` to one already taken is
+    passed over (temporal non-maximum suppression) while another frame remains; the best of
+    those passed over fill what is left when the gap leaves fewer than ``k``.
+    """
     if k <= 0:
         return []
-    order = torch.sort(-scores.float(), stable=True).indices[:k]
-    return sorted(order.tolist())
+    order = torch.sort(-scores.float(), stable=True).indices.tolist()
+    taken: list[int] = []
+    for f in order:
+        if len(taken) < k and all(abs(f - t) >= min_gap for t in taken):
+            taken.append(f)
+    taken += [f for f in order if f not in taken][: k - len(taken)]
+    return sorted(taken)
 
 
 def middle_frames(num_frames: int, m: int) -> list[int]:
@@ -414,7 +430,7 @@ def reduce_free_video_llm(
         grid_scores = max_pool_width(grid_scores.permute(0, 2, 3, 1), config.pool_stride)[..., 0]
     segments: list[Segment] = []
     chosen = {
-        "slow": top_frames(frame_scores, min(config.slow_frames, n)),
+        "slow": top_frames(frame_scores, min(config.slow_frames, n), config.slow_min_gap),
         "middle": middle_frames(n, min(config.middle_frames, n)),
     }
     for path in ("slow", "middle"):
