@@ -38,6 +38,8 @@ configs = st.builds(
     roi_ratio=st.floats(0.05, 1.0),
     roi_mode=st.sampled_from(["tokens", "reencode"]),
     roi_center=st.sampled_from(["mean", "window"]),
+    roi_paths=st.sampled_from([("slow", "middle"), ("slow",), ("middle",), ()]),
+    slow_min_gap=st.integers(0, 4),
 )
 
 
@@ -103,6 +105,29 @@ def test_slow_min_gap_spreads_the_slow_frames_over_the_moments_they_show():
     assert slow(8) == [1, 2, 3]  # no frame is 8 away: the best passed over
     with pytest.raises(ValueError, match="slow_min_gap"):
         ReducerConfig(slow_min_gap=-1)
+
+
+@pytest.mark.parametrize("roi_mode", ["tokens", "reencode"])
+def test_roi_paths_keep_the_other_paths_frames_whole(roi_mode):
+    """A path left out of ``roi_paths`` feeds its whole pooled frame (box = the frame); the
+    plan counts its tokens so."""
+    features, scores = torch.randn(8, 6, 6, 2), torch.linspace(0, 1, 8)
+    patch_scores = torch.zeros(8, 6, 6)
+    patch_scores[:, :2, :2] = 1.0  # the subject in the top-left corner
+    config = ReducerConfig(num_frames=8, slow_frames=2, middle_frames=2, fast_grid=(0, 0), pool_stride=1,
+                           roi_ratio=0.25, roi_mode=roi_mode, roi_center="window", roi_paths=["slow"])  # fmt: skip
+    reencode = lambda f, box: features[f]
+    reduction = reduce_free_video_llm(features, scores, patch_scores, config, reencode=reencode)
+    boxes = {s.path: s.box for s in reduction.segments}
+    assert boxes["middle"] == (0.0, 0.0, 1.0, 1.0)
+    assert boxes["slow"] == (0.0, 0.0, 0.5, 0.5)
+    p = plan(config, (6, 6))
+    assert p.tokens_per_frame["middle"] == 36
+    assert p.tokens_per_frame["slow"] == (36 if roi_mode == "reencode" else 9)
+    assert p.total == sum(s.tokens.shape[0] for s in reduction.segments)
+    assert config.roi_paths == ("slow",)
+    with pytest.raises(ValueError, match="roi_paths"):
+        ReducerConfig(roi_paths=("fast",))
 
 
 def test_middle_path_matches_the_official_spacing():

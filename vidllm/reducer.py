@@ -67,6 +67,9 @@ class ReducerConfig:
             a small subject.
         roi_temperature: the ``"window"`` weights' temperature, in units of the scores (cosine
             similarities): a cell far below the frame's peak adds almost nothing.
+        roi_paths: the paths whose frames are cropped to the box (the paper crops both); a path
+            left out keeps its frames whole, which ``roi_mode="reencode"`` feeds at the same
+            token count as a crop.
         slow_min_gap: the slow frames' least distance apart, in sampled frames (:func:`top_frames`):
             0 takes the ``k`` best frames (the paper), which are often neighbours showing the same
             moment; a gap spreads them over the moments where the question's subjects appear.
@@ -81,6 +84,7 @@ class ReducerConfig:
     roi_mode: Literal["tokens", "reencode"] = "tokens"
     roi_center: Literal["mean", "window"] = "mean"
     roi_temperature: float = 0.05
+    roi_paths: tuple[str, ...] = ("slow", "middle")
     slow_min_gap: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +104,9 @@ class ReducerConfig:
             raise ValueError(f"roi_center must be one of {ROI_CENTERS}, got {self.roi_center!r}")
         if not self.roi_temperature > 0:
             raise ValueError(f"roi_temperature must be > 0, got {self.roi_temperature}")
+        if not set(self.roi_paths) <= {"slow", "middle"}:
+            raise ValueError(f"roi_paths must name 'slow' and/or 'middle', got {self.roi_paths!r}")
+        object.__setattr__(self, "roi_paths", tuple(self.roi_paths))
         if self.slow_min_gap < 0:
             raise ValueError(f"slow_min_gap must be >= 0, got {self.slow_min_gap}")
         object.__setattr__(self, "fast_grid", tuple(int(v) for v in self.fast_grid))
@@ -176,16 +183,19 @@ def plan(config: ReducerConfig | UniformConfig, grid: Grid, num_frames: int | No
             uniform=n * per_frame, frames={"uniform": n}, tokens_per_frame={"uniform": per_frame}
         )
     pooled = pooled_grid(grid, config.pool_stride)
-    per_frame = math.prod(pooled if config.roi_mode == "reencode" else roi_size(pooled, config.roi_ratio))
+    cropped = pooled if config.roi_mode == "reencode" else roi_size(pooled, config.roi_ratio)
+    per_frame = {
+        path: math.prod(cropped if path in config.roi_paths else pooled) for path in ("slow", "middle")
+    }
     k = min(config.slow_frames, n)
     m = min(config.middle_frames, n)
     fast_per_frame = math.prod((min(config.fast_grid[0], h), min(config.fast_grid[1], w)))
     return TokenPlan(
-        slow=k * per_frame,
-        middle=m * per_frame,
+        slow=k * per_frame["slow"],
+        middle=m * per_frame["middle"],
         fast=n * fast_per_frame if fast_per_frame else 0,
         frames={"slow": k, "middle": m, "fast": n if fast_per_frame else 0},
-        tokens_per_frame={"slow": per_frame, "middle": per_frame, "fast": fast_per_frame},
+        tokens_per_frame={**per_frame, "fast": fast_per_frame},
     )
 
 
@@ -439,7 +449,7 @@ def reduce_free_video_llm(
             continue
         pooled = max_pool_width(features[frames], config.pool_stride)
         for i, f in enumerate(frames):
-            if patch_scores is None or config.roi_ratio >= 1.0:
+            if patch_scores is None or config.roi_ratio >= 1.0 or path not in config.roi_paths:
                 t0, l0, t1, l1 = 0, 0, *pooled_hw
             else:
                 t0, l0, t1, l1 = roi_box(
