@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -103,8 +105,16 @@ def test_slow_min_gap_spreads_the_slow_frames_over_the_moments_they_show():
     assert slow(2) == [1, 3, 7]
     assert slow(4) == [1, 2, 7]  # 1 and 7, then the best passed over
     assert slow(8) == [1, 2, 3]  # no frame is 8 away: the best passed over
+    # with a margin, only frames near the best score are spread: 7 (0.5) is too far below 0.9
+    config = ReducerConfig(num_frames=8, slow_frames=3, middle_frames=0, slow_min_gap=2, slow_gap_margin=0.2)
+    assert reduce_free_video_llm(features, scores, None, config).frames("slow") == [1, 2, 3]
+    assert reduce_free_video_llm(features, scores, None, replace(config, slow_gap_margin=0.45)).frames(
+        "slow"
+    ) == [1, 3, 7]
     with pytest.raises(ValueError, match="slow_min_gap"):
         ReducerConfig(slow_min_gap=-1)
+    with pytest.raises(ValueError, match="slow_gap_margin"):
+        ReducerConfig(slow_gap_margin=-0.1)
 
 
 @pytest.mark.parametrize("roi_mode", ["tokens", "reencode"])

@@ -73,6 +73,10 @@ class ReducerConfig:
         slow_min_gap: the slow frames' least distance apart, in sampled frames (:func:`top_frames`):
             0 takes the ``k`` best frames (the paper), which are often neighbours showing the same
             moment; a gap spreads them over the moments where the question's subjects appear.
+        slow_gap_margin: with ``slow_min_gap``, only frames scoring within this margin of the best
+            (in the scorer's units) are spread; None spreads any frame. A subject on screen for a
+            moment then keeps its neighbouring frames instead of giving them up for frames
+            without it.
     """
 
     num_frames: int = 50
@@ -86,6 +90,7 @@ class ReducerConfig:
     roi_temperature: float = 0.05
     roi_paths: tuple[str, ...] = ("slow", "middle")
     slow_min_gap: int = 0
+    slow_gap_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -109,6 +114,8 @@ class ReducerConfig:
         object.__setattr__(self, "roi_paths", tuple(self.roi_paths))
         if self.slow_min_gap < 0:
             raise ValueError(f"slow_min_gap must be >= 0, got {self.slow_min_gap}")
+        if self.slow_gap_margin is not None and not self.slow_gap_margin >= 0:
+            raise ValueError(f"slow_gap_margin must be None or >= 0, got {self.slow_gap_margin}")
         object.__setattr__(self, "fast_grid", tuple(int(v) for v in self.fast_grid))
 
     def to_dict(self) -> dict:
@@ -329,19 +336,21 @@ def adaptive_pool(tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def top_frames(scores: torch.Tensor, k: int, min_gap: int = 0) -> list[int]:
+def top_frames(scores: torch.Tensor, k: int, min_gap: int = 0, margin: float | None = None) -> list[int]:
     """Indices of the ``k`` highest scores, in temporal order (ties: the earlier frame).
 
     With ``min_gap``, greedily by score, a frame closer than ``min_gap`` to one already taken is
-    passed over (temporal non-maximum suppression) while another frame remains; the best of
-    those passed over fill what is left when the gap leaves fewer than ``k``.
+    passed over (temporal non-maximum suppression), and with ``margin`` so is any frame scoring
+    more than ``margin`` below the best; the best of those passed over fill what is left.
     """
     if k <= 0:
         return []
-    order = torch.sort(-scores.float(), stable=True).indices.tolist()
+    scores = scores.float()
+    order = torch.sort(-scores, stable=True).indices.tolist()
+    floor = -math.inf if margin is None else float(scores.max()) - margin
     taken: list[int] = []
     for f in order:
-        if len(taken) < k and all(abs(f - t) >= min_gap for t in taken):
+        if len(taken) < k and scores[f] >= floor and all(abs(f - t) >= min_gap for t in taken):
             taken.append(f)
     taken += [f for f in order if f not in taken][: k - len(taken)]
     return sorted(taken)
@@ -440,7 +449,9 @@ def reduce_free_video_llm(
         grid_scores = max_pool_width(grid_scores.permute(0, 2, 3, 1), config.pool_stride)[..., 0]
     segments: list[Segment] = []
     chosen = {
-        "slow": top_frames(frame_scores, min(config.slow_frames, n), config.slow_min_gap),
+        "slow": top_frames(
+            frame_scores, min(config.slow_frames, n), config.slow_min_gap, config.slow_gap_margin
+        ),
         "middle": middle_frames(n, min(config.middle_frames, n)),
     }
     for path in ("slow", "middle"):
