@@ -42,6 +42,7 @@ configs = st.builds(
     roi_center=st.sampled_from(["mean", "window"]),
     roi_paths=st.sampled_from([("slow", "middle"), ("slow",), ("middle",), ()]),
     slow_min_gap=st.integers(0, 4),
+    slow_gap_margin=st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
 
 
