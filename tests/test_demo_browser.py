@@ -99,6 +99,12 @@ def ask(page, question: str) -> None:
         arg=[before],
         timeout=TIMEOUT_MS,
     )
+    # the same update carries the final answer, which the page can render a moment after the
+    # table (the streamed first piece, the answer's leading space, was seen once in its place)
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#answer textarea'); return el && el.value.trim() !== ''; }",
+        timeout=TIMEOUT_MS,
+    )
 
 
 def images_loaded(page, selector: str) -> list[int]:
