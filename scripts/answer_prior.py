@@ -25,7 +25,7 @@ def trained_answers(preset_name: str, overrides: dict, model_name: str, steps: i
 
     preset = get_preset(preset_name, overrides)
     model = vidllm.load(model_name)
-    batch_fn = make_video_batch_fn(model, preset, preset.video, mix=preset.video.reducer_mix, stage_seed=2)
+    batch_fn = make_video_batch_fn(model, preset, preset.video, stage_seed=2)
     answers: Counter = Counter()
     for step in range(steps):
         batch = batch_fn(step, 0, 1)

@@ -229,7 +229,7 @@ def test_lora_stage_draws_its_own_template_weights():
     only = lambda template: {t: 0 for t in TEMPLATES if t != template}
 
     def targeted(stage) -> set[str]:
-        batches = [make_video_batch_fn(model, preset, stage, mix=preset.video.reducer_mix, stage_seed=3)(s, 0, 1)
+        batches = [make_video_batch_fn(model, preset, stage, stage_seed=3)(s, 0, 1)
                    for s in range(3)]  # fmt: skip
         return {item.questions[0].question.template for b in batches for item in b.videos}
 

@@ -464,12 +464,15 @@ def _mix_layout(model, entry: dict[str, Any]) -> ReducerConfig | UniformConfig:
 
 
 def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStageSpec, *,
-                        mix: list[dict[str, Any]], stage_seed: int):  # fmt: skip
-    """``(step, rank, world_size) -> VideoStepBatch``: one layout per step drawn from ``mix``,
-    and as many questions as ``max_lm_tokens`` allows for that layout's length."""
+                        stage_seed: int, mix: list[dict[str, Any]] | None = None):  # fmt: skip
+    """``(step, rank, world_size) -> VideoStepBatch``: one layout per step drawn from ``mix`` (None:
+    the stage's ``reducer_mix``), and as many questions as ``max_lm_tokens`` allows for that
+    layout's length."""
     spec = preset.video
-    # the stage's own template weights (a LoRA stage's None: the video stage's)
+    # the stage's own template weights and layouts (a LoRA stage's None: the video stage's)
     template_weights = spec.template_weights if stage.template_weights is None else stage.template_weights
+    if mix is None:
+        mix = spec.reducer_mix if stage.reducer_mix is None else stage.reducer_mix
     reducer = model.config.reducer_config()
     weights = np.array([float(e.get("weight", 1.0)) for e in mix])
     weights = weights / weights.sum()
@@ -528,7 +531,7 @@ def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
         *decay_groups(rest, spec.lr, spec.weight_decay),
         *decay_groups(model.tower.named_parameters(), spec.tower_lr, spec.weight_decay),
     ]
-    batch_fn = make_video_batch_fn(model, preset, spec, mix=spec.reducer_mix, stage_seed=2)
+    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=2)
     return Stage(
         name="video",
         module=wrapper,
@@ -553,8 +556,7 @@ def lora_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
     model.projector.requires_grad_(spec.train_projector)
     model.lm = apply_lora(model.lm, r=spec.r, lora_alpha=spec.alpha)
     params = [p for p in wrapper.parameters() if p.requires_grad]
-    mix = preset.video.reducer_mix if spec.reducer_mix is None else spec.reducer_mix
-    batch_fn = make_video_batch_fn(model, preset, spec, mix=mix, stage_seed=3)
+    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=3)
     return Stage(
         name="lora",
         module=wrapper,
