@@ -100,6 +100,10 @@ def test_console_script_version_and_info():
     data = json.loads(info.stdout)
     assert data["packages"]["torch"].startswith("2.13")
     assert data["cuda_available"] == torch.cuda.is_available()
+    assert data["cpu"]["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert set(data["cpu"]["flags"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    text = subprocess.run([exe, "info"], capture_output=True, text=True, check=True).stdout
+    assert f"torch ISA {data['cpu']['isa']}" in text
 
 
 def test_setup_script_is_idempotent():

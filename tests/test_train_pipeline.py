@@ -99,6 +99,7 @@ def test_exported_model_loads_and_answers(smoke_run, tmp_path):
     record = json.loads((model_dir / "training_config.json").read_text())
     assert record["preset"]["name"] == "smoke"
     assert record["validation"]["questions"] > 0
+    assert record["machine"]["cpu"]["isa"] == torch.backends.cpu.get_cpu_capability()
     config = json.loads((model_dir / "vidllm_config.json").read_text())
     assert config["tower"]["frozen"] is True
     assert config["scorer"]["kind"] == "dual_encoder"

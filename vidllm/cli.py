@@ -59,11 +59,14 @@ def collect_info() -> dict[str, object]:
     """Versions and devices, as a dict (``vidllm info --json`` prints it)."""
     import torch
 
+    from vidllm._system import cpu_info
+
     info: dict[str, object] = {
         "vidllm": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: _package_version(name) for name in _INFO_PACKAGES},
+        "cpu": cpu_info(),
         "cpu_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
@@ -86,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     for name, version in info["packages"].items():  # type: ignore[union-attr]
         print(f"  {name:<16} {version or 'not installed'}")
     devices = info["cuda_devices"] or ["none"]
+    cpu = info["cpu"]
+    flags = " ".join(cpu["flags"]) or "-"  # type: ignore[index]
+    print(f"  {'CPU':<16} {cpu['model'] or 'unknown'} (torch ISA {cpu['isa']}; flags {flags})")  # type: ignore[index]
     print(f"  {'CPU threads':<16} {info['cpu_threads']}")
     print(f"  {'CUDA devices':<16} {', '.join(devices)}")  # type: ignore[arg-type]
     return 0

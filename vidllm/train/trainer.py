@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vidllm._system import cpu_info
 from vidllm.reducer import (
     ReducerConfig,
     UniformConfig,
@@ -165,6 +166,22 @@ class VideoLLMForTraining(nn.Module):
     keep their statistics when ``freeze_tower_bn`` (frames and RoI crops come in batches of very
     different make-up, and inference uses the running statistics anyway).
     """
+
+    @classmethod
+    def from_spec(cls, model, spec: VideoStageSpec) -> VideoLLMForTraining:
+        """The wrapper a video stage of ``spec`` trains (its auxiliary losses and their layers)."""
+        return cls(
+            model,
+            freeze_tower_bn=spec.freeze_tower_bn,
+            relevance_weight=spec.relevance_loss_weight,
+            relevance_layer=spec.relevance_layer,
+            train_relevance_head=spec.train_relevance_head,
+            attribute_weight=spec.attribute_loss_weight,
+            attribute_layer=spec.attribute_layer,
+            attribute_count=spec.attribute_count,
+            attribute_new_objects=spec.attribute_new_objects,
+            question_weight=spec.question_loss_weight,
+        )
 
     def __init__(
         self,
@@ -509,6 +526,10 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
     return batch_fn
 
 
+# Each stage's batches draw from their own stream (with the preset's seed and the step)
+STAGE_SEEDS = {"video": 2, "lora": 3}
+
+
 def _video_loss(module: nn.Module, batch: VideoStepBatch, step: int):
     return module(batch)
 
@@ -531,7 +552,7 @@ def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
         *decay_groups(rest, spec.lr, spec.weight_decay),
         *decay_groups(model.tower.named_parameters(), spec.tower_lr, spec.weight_decay),
     ]
-    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=2)
+    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=STAGE_SEEDS["video"])
     return Stage(
         name="video",
         module=wrapper,
@@ -556,7 +577,7 @@ def lora_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
     model.projector.requires_grad_(spec.train_projector)
     model.lm = apply_lora(model.lm, r=spec.r, lora_alpha=spec.alpha)
     params = [p for p in wrapper.parameters() if p.requires_grad]
-    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=3)
+    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=STAGE_SEEDS["lora"])
     return Stage(
         name="lora",
         module=wrapper,
@@ -765,7 +786,11 @@ def write_training_record(directory: Path, preset: Preset, stages: dict[str, Sta
             name: {"steps": r.step, "train_seconds": round(r.elapsed, 1)} for name, r in stages.items()
         },
         "train_seconds": round(sum(r.elapsed for r in stages.values()), 1),
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "cpu": cpu_info(),
+        },
         "versions": _versions(),
         "validation": validation,
     }
@@ -845,18 +870,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
 
     torch.manual_seed(preset.seed + 1)
     model = build_video_llm(preset, tokenizer, dual)
-    wrapper = VideoLLMForTraining(
-        model,
-        freeze_tower_bn=preset.video.freeze_tower_bn,
-        relevance_weight=preset.video.relevance_loss_weight,
-        relevance_layer=preset.video.relevance_layer,
-        train_relevance_head=preset.video.train_relevance_head,
-        attribute_weight=preset.video.attribute_loss_weight,
-        attribute_layer=preset.video.attribute_layer,
-        attribute_count=preset.video.attribute_count,
-        attribute_new_objects=preset.video.attribute_new_objects,
-        question_weight=preset.video.question_loss_weight,
-    )
+    wrapper = VideoLLMForTraining.from_spec(model, preset.video)
     results["video"] = run_stage(
         video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
     )
