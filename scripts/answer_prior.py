@@ -1,11 +1,11 @@
-"""The answers a video-stage run trains on: per template, the share of each answer.
+"""The answers a video or LoRA stage trains on: per template, the share of each answer.
 
 Draws a preset's video-stage batches exactly as training does (the same layouts, the same
 questions kept within ``max_lm_tokens``) and counts the trained questions' templates and
 answers. An answer far above ``1 / len(answers)`` is a prior the LM can learn instead of reading
 the video.
 
-    .venv/bin/python scripts/answer_prior.py [--steps 500] [--set video.balanced_extras=true]
+    .venv/bin/python scripts/answer_prior.py [--steps 500] [--stage lora] [--set video.balanced_extras=true]
 """
 
 from __future__ import annotations
@@ -15,17 +15,21 @@ import logging
 from collections import Counter
 
 from vidllm.commands.train import parse_override
+from vidllm.train.trainer import STAGE_SEEDS
 
 
-def trained_answers(preset_name: str, overrides: dict, model_name: str, steps: int) -> Counter:
-    """``(template, answer) -> trained questions`` over a preset's first ``steps`` video-stage batches."""
+def trained_answers(
+    preset_name: str, overrides: dict, model_name: str, steps: int, stage: str = "video"
+) -> Counter:
+    """``(template, answer) -> trained questions`` over the first ``steps`` batches of a preset's
+    ``stage`` ("video" or "lora")."""
     import vidllm
     from vidllm.train.presets import get_preset
     from vidllm.train.trainer import make_video_batch_fn
 
     preset = get_preset(preset_name, overrides)
     model = vidllm.load(model_name)
-    batch_fn = make_video_batch_fn(model, preset, preset.video, stage_seed=2)
+    batch_fn = make_video_batch_fn(model, preset, getattr(preset, stage), stage_seed=STAGE_SEEDS[stage])
     answers: Counter = Counter()
     for step in range(steps):
         batch = batch_fn(step, 0, 1)
@@ -40,17 +44,18 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--model", default="default", help="a model with the preset's layouts (vidllm.load)")
     parser.add_argument("--steps", type=int, default=500, help="batches to draw, from step 0")
+    parser.add_argument("--stage", choices=sorted(STAGE_SEEDS), default="video")
     parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
                         metavar="KEY=VALUE", help="override a preset field, as `vidllm train --set` does")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     overrides = dict(args.overrides)
-    answers = trained_answers(args.preset, overrides, args.model, args.steps)
+    answers = trained_answers(args.preset, overrides, args.model, args.steps, args.stage)
 
     total = sum(answers.values())
     lines = [
-        f"preset {args.preset} {overrides or ''}: {total} trained questions in {args.steps} steps",
+        f"preset {args.preset} {overrides or ''}, {args.stage} stage: {total} trained questions in {args.steps} steps",
         "",
         "| template | share of questions | answers (share within the template) |",
         "|---|---|---|",
