@@ -12,6 +12,7 @@ among the tokens of the asked shape; scenes are drawn from their answer (uniform
 
     python scripts/count_probe.py                        # the default LM, 2,000 steps
     python scripts/count_probe.py --set num_hidden_layers=6 --noise 1.0
+    python scripts/count_probe.py --follow-ups 3   # 3 more count questions a sequence, after the tokens
 
 It prints a table of held-out accuracy (overall and per right answer) against the count
 questions seen so far, to set beside how many the video stage asks (about 9,000 in 4,000 steps). If the default LM learns this to near 100%,
@@ -52,26 +53,29 @@ def draw_scene(rng: np.random.Generator, max_objects: int = 4) -> tuple[list[tup
 
 
 class Batcher:
-    """Sequences of embeddings: [question(2)] [visual tokens] [question(2)] [answer slot]."""
+    """Sequences of embeddings: [question(2)] [visual tokens] [question(2)] [answer slot], then
+    ``follow_ups`` more count questions about the scene's other shapes, each as
+    [previous answer] [question(2)] [answer slot] (asked after the tokens only)."""
 
-    def __init__(
-        self, hidden: int, num_visual: int, tokens_per_object: tuple[int, int], noise: float, seed: int
-    ):
+    def __init__(self, hidden: int, num_visual: int, tokens_per_object: tuple[int, int], noise: float,
+                 seed: int, follow_ups: int = 0):  # fmt: skip
         g = torch.Generator().manual_seed(seed)
-        scale = hidden**-0.5
+        self.scale = scale = hidden**-0.5
         self.color = torch.randn(len(COLORS), hidden, generator=g) * scale
         self.shape = torch.randn(len(SHAPES), hidden, generator=g) * scale
         self.background = torch.randn(1, hidden, generator=g) * scale
         self.count_word = torch.randn(1, hidden, generator=g) * scale  # "How many ..."
         self.answer_slot = torch.randn(1, hidden, generator=g) * scale  # "Answer:"
-        self.num_visual, self.tokens_per_object, self.noise, self.scale = (
-            num_visual,
-            tokens_per_object,
-            noise,
-            scale,
-        )
+        self.digits = torch.randn(MAX_COUNT + 1, hidden, generator=g) * scale  # answers fed back
+        self.num_visual, self.tokens_per_object, self.noise = num_visual, tokens_per_object, noise
+        self.follow_ups = min(follow_ups, len(SHAPES) - 1)
+
+    def question(self, shape: int) -> torch.Tensor:
+        return torch.stack([self.count_word[0], self.shape[shape]])
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embeds (B, L, H), answers (B, 1 + follow_ups))``; each answer's slot is at
+        :meth:`slots`."""
         seqs, answers = [], []
         for _ in range(size):
             objects, asked, answer = draw_scene(rng)
@@ -84,11 +88,21 @@ class Batcher:
                     visual[slot] = self.color[color] + self.shape[shape]
                 used += k
             visual = torch.stack(visual)
-            visual = visual + self.noise * self.scale * torch.randn(visual.shape, generator=None)
-            question = torch.stack([self.count_word[0], self.shape[asked]])
-            seqs.append(torch.cat([question, visual, question, self.answer_slot]))
-            answers.append(answer)
+            visual = visual + self.noise * self.scale * torch.randn(visual.shape)
+            parts = [self.question(asked), visual, self.question(asked), self.answer_slot]
+            row = [answer]
+            others = [s for s in rng.permutation(len(SHAPES)).tolist() if s != asked][: self.follow_ups]
+            for shape in others:
+                parts += [self.digits[row[-1]][None], self.question(shape), self.answer_slot]
+                row.append(sum(1 for _, s in objects if s == shape))
+            seqs.append(torch.cat(parts))
+            answers.append(row)
         return torch.stack(seqs), torch.tensor(answers)
+
+    def slots(self) -> list[int]:
+        """The positions whose logits predict the answers, in order."""
+        first = 2 + self.num_visual + 2
+        return [first + 4 * i for i in range(1 + self.follow_ups)]
 
 
 def main() -> None:
@@ -103,6 +117,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.5, help="noise std as a multiple of an embedding's")
     parser.add_argument("--eval", type=int, default=1000, help="held-out sequences")
     parser.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
+    parser.add_argument("--follow-ups", type=int, default=0,
+                        help="more count questions per sequence, about other shapes, after the tokens only")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="K=V", help="VidLMConfig fields (JSON values)"
@@ -117,11 +133,16 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = VidLMForCausalLM(VidLMConfig(vocab_size=MAX_COUNT + 1, **lm))
     hidden = model.config.hidden_size
-    data = Batcher(hidden, args.visual_tokens, tuple(args.tokens_per_object), args.noise, args.seed)
+    data = Batcher(
+        hidden, args.visual_tokens, tuple(args.tokens_per_object), args.noise, args.seed, args.follow_ups
+    )
+    # held out: the plain layout (one question, asked before and after the tokens), as the test asks
+    plain = Batcher(hidden, args.visual_tokens, tuple(args.tokens_per_object), args.noise, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
     rng = np.random.default_rng(args.seed)
-    held_out = [data.batch(np.random.default_rng([args.seed, 1, i]), 100) for i in range(args.eval // 100)]
+    held_out = [plain.batch(np.random.default_rng([args.seed, 1, i]), 100) for i in range(args.eval // 100)]
+    slots = data.slots()
     start = time.perf_counter()
     print(
         "| steps | count questions seen | held-out accuracy | "
@@ -132,7 +153,8 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         model.train()
         embeds, answers = data.batch(rng, args.batch)
-        loss = F.cross_entropy(model(inputs_embeds=embeds).logits[:, -1], answers)
+        logits = model(inputs_embeds=embeds).logits[:, slots]
+        loss = F.cross_entropy(logits.flatten(0, 1), answers.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -141,10 +163,12 @@ def main() -> None:
         if step % args.eval_every == 0 or step == args.steps:
             total, per = evaluate(model, held_out)
             cells = " | ".join(f"{a:.1%}" for a in per)
-            print(f"| {step} | {step * args.batch} | {total:.1%} | {cells} |", flush=True)
+            seen = step * args.batch * len(slots)
+            print(f"| {step} | {seen} | {total:.1%} | {cells} |", flush=True)
             logger.info("step %d: loss %.3f (%.0f s)", step, loss.item(), time.perf_counter() - start)
     print(f"{' '.join(args.set) or 'default LM'}, noise {args.noise}, tokens per object "
-          f"{args.tokens_per_object[0]}-{args.tokens_per_object[1]}, {args.visual_tokens} visual tokens")  # fmt: skip
+          f"{args.tokens_per_object[0]}-{args.tokens_per_object[1]}, {args.visual_tokens} visual tokens, "
+          f"{args.follow_ups} follow-up questions")  # fmt: skip
 
 
 @torch.no_grad()
@@ -154,8 +178,9 @@ def evaluate(model, held_out) -> tuple[float, list[float]]:
     right, total = np.zeros(MAX_COUNT + 1), np.zeros(MAX_COUNT + 1)
     for embeds, answers in held_out:
         pred = model(inputs_embeds=embeds).logits[:, -1].argmax(-1)
-        np.add.at(total, answers.numpy(), 1)
-        np.add.at(right, answers.numpy(), (pred == answers).numpy())
+        answer = answers[:, 0]
+        np.add.at(total, answer.numpy(), 1)
+        np.add.at(right, answer.numpy(), (pred == answer).numpy())
     return right.sum() / total.sum(), list(right / np.maximum(total, 1))
 
 
