@@ -25,7 +25,7 @@ def cpu_info() -> dict[str, object]:
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "model name" and not flags:
+            if key == "model name":
                 model = value.strip()
             elif key == "flags":
                 flags = set(value.split())

@@ -924,6 +924,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
 
 
 __all__ = [
+    "STAGE_SEEDS",
     "TrainResult",
     "VideoLLMForTraining",
     "VideoStepBatch",
