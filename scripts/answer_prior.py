@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 
 from vidllm.commands.train import parse_override
-from vidllm.train.trainer import STAGE_SEEDS
+from vidllm.train.trainer import STAGE_SEEDS, make_video_batch_fn
 
 
 def trained_answers(
@@ -25,7 +25,6 @@ def trained_answers(
     ``stage`` ("video" or "lora")."""
     import vidllm
     from vidllm.train.presets import get_preset
-    from vidllm.train.trainer import make_video_batch_fn
 
     preset = get_preset(preset_name, overrides)
     model = vidllm.load(model_name)

@@ -15,7 +15,8 @@ among the tokens of the asked shape; scenes are drawn from their answer (uniform
     python scripts/count_probe.py --follow-ups 3   # 3 more count questions a sequence, after the tokens
 
 It prints a table of held-out accuracy (overall and per right answer) against the count
-questions seen so far, to set beside how many the video stage asks (about 9,000 in 4,000 steps). If the default LM learns this to near 100%,
+questions seen so far, to set beside how many the video stage asks (about 6,700 in 4,000 steps:
+``scripts/answer_prior.py``). If the default LM learns this to near 100%,
 the count answers are lost in the visual tokens, not in the LM; if it cannot, the LM is.
 """
 
@@ -30,22 +31,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidllm.data.synthetic.scene import COLORS, SHAPES
+from vidllm.data.synthetic.scene import COLORS, SHAPES, WorldConfig
 from vidllm.lm import VidLMConfig, VidLMForCausalLM
 from vidllm.train.presets import DEFAULT_LM
 
 logger = logging.getLogger("count_probe")
 
-MAX_COUNT = 4
+MAX_COUNT = WorldConfig().max_objects  # the world's most objects, so its largest count answer
 
 
-def draw_scene(rng: np.random.Generator, max_objects: int = 4) -> tuple[list[tuple[int, int]], int, int]:
+def draw_scene(rng: np.random.Generator) -> tuple[list[tuple[int, int]], int, int]:
     """``(objects, asked shape, answer)``: a scene of (colour, shape) objects drawn from a uniform
     answer as the world draws a count question (``answer`` objects of the asked shape, up to
-    ``max_objects`` in all, the others of other shapes), colours distinct."""
+    ``MAX_COUNT`` in all, the others of other shapes), colours distinct."""
     answer = int(rng.integers(0, MAX_COUNT + 1))
     shape = int(rng.integers(len(SHAPES)))
-    total = int(rng.integers(max(1, answer), max_objects + 1))
+    total = int(rng.integers(max(1, answer), MAX_COUNT + 1))
     colors = rng.permutation(len(COLORS))[:total]
     others = [s for s in range(len(SHAPES)) if s != shape]
     shapes = [shape] * answer + [int(rng.choice(others)) for _ in range(total - answer)]
@@ -145,7 +146,7 @@ def main() -> None:
     slots = data.slots()
     start = time.perf_counter()
     print(
-        "| steps | count questions seen | held-out accuracy | "
+        "| steps | count answers trained | held-out accuracy | "
         + " | ".join(f"answer {k}" for k in range(MAX_COUNT + 1))
         + " |"
     )
