@@ -29,23 +29,6 @@ import time
 
 import torch
 
-ATTENTION_FP32 = "sdpa_fp32"
-
-
-def register_fp32_attention() -> None:
-    """Register ``sdpa_fp32``: transformers' SDPA attention with autocast off and float32 inputs."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
-        with torch.autocast(query.device.type, enabled=False):
-            out, weights = sdpa_attention_forward(
-                module, query.float(), key.float(), value.float(), attention_mask, **kwargs
-            )
-        return out.to(query.dtype), weights
-
-    AttentionInterface.register(ATTENTION_FP32, sdpa_fp32)
-
 
 def build(preset):
     """The default preset's training wrapper and video stage, weights at their initialisation."""
@@ -89,14 +72,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from vidllm._system import cpu_info
+    from vidllm.lm.training import register_float32_attention
     from vidllm.train.presets import get_preset
 
-    register_fp32_attention()
+    fp32_attention = register_float32_attention()
     preset = get_preset("default")
     variants = {
         "fp32": (False, "sdpa"),
         "bf16": (True, "sdpa"),
-        "bf16, fp32 attention": (True, ATTENTION_FP32),
+        "bf16, fp32 attention": (True, fp32_attention),
     }
     models = {}
     for name, (_, attention) in variants.items():

@@ -387,3 +387,33 @@ def test_question_loss_is_the_next_token_loss_of_the_prompt_after_the_video(smok
     targets = torch.cat([t for _, t in expected])
     reference = torch.nn.functional.cross_entropy(predicted, targets)
     assert metrics["question_loss"] == pytest.approx(float(reference), rel=1e-3)
+
+
+def test_float32_attention_under_bf16_autocast(tmp_path, monkeypatch):
+    """``Preset.fp32_attention``: the LM's SDPA gets float32 inputs inside bf16 autocast while the
+    video and LoRA stages train (bfloat16 without it), and the exported model names its usual
+    attention again."""
+    from vidllm.model import VideoLLM
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        seen.append(out.dtype)  # the dtype it computed in (autocast casts its inputs)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    dtypes = {}
+    for fp32_attention in (True, False):
+        preset = get_preset("smoke", {"bf16": True, "fp32_attention": fp32_attention})
+        out = tmp_path / f"fp32_attention={fp32_attention}"
+        train(preset, out, progress=False, run_validation=False, stop_at={"video": 1})
+        seen.clear()  # the scorer stage is done: from here on only the LM runs attention
+        result = train(preset, out, progress=False, run_validation=False)
+        assert set(result.stages) == {"scorer", "video", "lora"}
+        assert all(r.status == "done" for r in result.stages.values())
+        dtypes[fp32_attention] = set(seen)
+        model = VideoLLM.from_pretrained(result.model_dir)
+        assert model.lm.config._attn_implementation == "sdpa"
+    assert dtypes == {True: {torch.float32}, False: {torch.bfloat16}}

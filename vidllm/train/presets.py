@@ -200,6 +200,9 @@ class Preset:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: torch's default)
     bf16: bool = True  # autocast in training (CPUs with AVX512-BF16 and GPUs run it fast)
+    # Under bf16, the LM's attention in float32 (vidllm.lm.training.float32_attention): on CPUs
+    # with AMX a default video-stage step is 0.81x as long (benchmarks/train_step.py).
+    fp32_attention: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
     keep_checkpoints: int = 2

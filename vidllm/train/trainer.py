@@ -834,6 +834,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from vidllm.lm.training import float32_attention
     from vidllm.train.scorer_training import build_dual_encoder, scorer_stage
 
     start = time.monotonic()
@@ -871,20 +872,21 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
     torch.manual_seed(preset.seed + 1)
     model = build_video_llm(preset, tokenizer, dual)
     wrapper = VideoLLMForTraining.from_spec(model, preset.video)
-    results["video"] = run_stage(
-        video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
-    )
-    if results["video"].status != "done":
-        return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
-
-    if preset.lora.steps > 0:
-        torch.manual_seed(preset.seed + 2)
-        results["lora"] = run_stage(
-            lora_stage(preset, wrapper), output_dir / "lora", stop_at=stop_at.get("lora"), **common
+    with float32_attention(model.lm, enabled=preset.bf16 and preset.fp32_attention):
+        results["video"] = run_stage(
+            video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common
         )
-        if results["lora"].status != "done":
+        if results["video"].status != "done":
             return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
-        model.lm = model.lm.merge_and_unload()
+
+        if preset.lora.steps > 0:
+            torch.manual_seed(preset.seed + 2)
+            results["lora"] = run_stage(
+                lora_stage(preset, wrapper), output_dir / "lora", stop_at=stop_at.get("lora"), **common
+            )
+            if results["lora"].status != "done":
+                return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
+            model.lm = model.lm.merge_and_unload()
 
     model_dir = output_dir / MODEL_DIR
     validation = None
