@@ -1,62 +1,117 @@
-"""The default preset's video-stage training step under three precisions, side by side.
+"""The default preset's video-stage training step, side by side: precisions, and this tree against
+another revision of the code.
 
 ``vidllm train --preset default`` autocasts to bfloat16 (``Preset.bf16``). Whether that is faster
-than float32 depends on the CPU: this machine's bfloat16 matmuls run on AMX, but its
-bfloat16 attention backward (``scaled_dot_product_attention`` on CPU) is slower than float32's
-and the casts cost their share, so the recorded training time (and whether it stays under the
-issue's 90 minutes) moves with the machine. Three variants of the same steps:
+than float32 depends on the CPU (one with AMX runs bfloat16 matmuls fast, and its bfloat16
+attention backward slowly), so the recorded training time moves with the machine. Variants:
 
 - ``fp32``: no autocast;
 - ``bf16``: the preset's autocast;
-- ``bf16, fp32 attention``: autocast, with the attention itself computed in float32 (a
-  registered ``transformers`` attention function; inputs cast up, the output cast back).
+- ``bf16+fp32-attention``: autocast, with the LM's attention computed in float32
+  (``Preset.fp32_attention``, ``vidllm.lm.training.float32_attention``);
+- with ``--against REV``, also ``bf16`` on the code of git revision ``REV`` (checked out in a
+  temporary worktree): what a change to the code saved, on the same batches and weights.
 
-Each round runs one step of every variant on the same batch (the preset's own batches, steps
-``--first-step`` on), from the same initial weights, in turn; the median per variant is
-printed with its ratio to ``bf16``, and the split into batch building, forward, backward and
-optimiser step. The model is the default preset's architecture with its initial weights (the
-shipped tokenizer, no training before): the cost of a step does not depend on the weights.
+Each variant runs in its own worker process, and the workers take turns: each round runs one step
+of every variant on the same batch (the preset's own batches, steps ``--first-step`` on), from
+the same initial weights, one process at a time. The median per variant is printed with its
+ratio to this tree's ``bf16``, and the split into forward, backward and optimiser step. The model
+is the default preset's architecture with its initial weights (the shipped tokenizer, no training
+before): the cost of a step does not depend on the weights.
 
-Run: ``python benchmarks/train_step.py [--rounds R] [--threads N]``.
+Run: ``python benchmarks/train_step.py [--rounds R] [--threads N] [--against REV]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import torch
+REPO = Path(__file__).resolve().parents[1]
+PRECISIONS = {  # name: (autocast, attention in float32)
+    "fp32": (False, False),
+    "bf16": (True, False),
+    "bf16+fp32-attention": (True, True),
+}
 
 
-def build(preset):
-    """The default preset's training wrapper and video stage, weights at their initialisation."""
+def worker(precision: str, threads: int | None) -> None:
+    """Build the default preset's video stage and run the steps named on stdin, one JSON line each."""
+    import torch
     from transformers import AutoTokenizer
 
     from vidllm.api import resolve_model_path
+    from vidllm.train.presets import get_preset
     from vidllm.train.scorer_training import build_dual_encoder
     from vidllm.train.trainer import VideoLLMForTraining, build_video_llm, video_stage
 
+    if threads:
+        torch.set_num_threads(threads)
+    autocast, fp32_attention = PRECISIONS[precision]
+    preset = get_preset("default")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("default") / "lm")
     torch.manual_seed(preset.seed)
     model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
-    wrapper = VideoLLMForTraining.from_spec(model, preset.video)
-    return wrapper, video_stage(preset, wrapper)
+    wrapper = VideoLLMForTraining.from_spec(model, preset.video).train()
+    stage = video_stage(preset, wrapper)
+    if fp32_attention:
+        from vidllm.lm.training import register_float32_attention
+
+        model.lm.config._attn_implementation = register_float32_attention()
+    optimizer = torch.optim.AdamW(stage.param_groups)
+    import vidllm
+
+    print(json.dumps({"vidllm": vidllm.__file__}), flush=True)
+    for line in sys.stdin:
+        batch = stage.batch_fn(int(line), 0, 1)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with ctx:
+            loss, _ = wrapper(batch)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        print(json.dumps({"forward": t1 - t0, "backward": t2 - t1, "optimiser": t3 - t2, "loss": float(loss.detach())}),
+              flush=True)  # fmt: skip
 
 
-def timed_step(wrapper, optimizer, batch, autocast: bool) -> dict[str, float]:
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    t0 = time.perf_counter()
-    with ctx:
-        loss, _ = wrapper(batch)
-    t1 = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    t2 = time.perf_counter()
-    optimizer.step()
-    t3 = time.perf_counter()
-    return {"forward": t1 - t0, "backward": t2 - t1, "optimiser": t3 - t2}
+class Worker:
+    def __init__(self, precision: str, tree: Path, threads: int | None):
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", precision]
+        if threads:
+            command += ["--threads", str(threads)]
+        self.process = subprocess.Popen(command, cwd=tree, env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        imported = Path(self._read()["vidllm"]).resolve()
+        if not imported.is_relative_to(tree.resolve()):
+            raise RuntimeError(f"the worker for {tree} imported vidllm from {imported}")
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a benchmark worker exited (code {self.process.wait()})")
+        return json.loads(line)
+
+    def step(self, step: int) -> dict:
+        self.process.stdin.write(f"{step}\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def main() -> None:
@@ -67,52 +122,51 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="rounds run first and not counted")
     parser.add_argument("--first-step", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--precisions", default=",".join(PRECISIONS), help="comma-separated, of: " + ", ".join(PRECISIONS)
+    )
+    parser.add_argument("--against", metavar="REV", help="also time bf16 on the code of this git revision")
+    parser.add_argument("--worker", choices=list(PRECISIONS), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args.worker, args.threads)
+        return
 
     from vidllm._system import cpu_info
-    from vidllm.lm.training import register_float32_attention
-    from vidllm.train.presets import get_preset
 
-    fp32_attention = register_float32_attention()
-    preset = get_preset("default")
-    variants = {
-        "fp32": (False, "sdpa"),
-        "bf16": (True, "sdpa"),
-        "bf16, fp32 attention": (True, fp32_attention),
-    }
-    models = {}
-    for name, (_, attention) in variants.items():
-        wrapper, stage = build(preset)  # the same seed: the same initial weights for each
-        wrapper.model.lm.config._attn_implementation = attention
-        models[name] = (wrapper.train(), torch.optim.AdamW(stage.param_groups))
-
-    times: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-    batch_seconds = []
-    for r in range(args.warmup + args.rounds):
-        t0 = time.perf_counter()
-        batch = stage.batch_fn(args.first_step + r, 0, 1)
-        batch_seconds.append(time.perf_counter() - t0)
-        for name, (autocast, _) in variants.items():
-            w, opt = models[name]
-            out = timed_step(w, opt, batch, autocast)
-            if r >= args.warmup:
-                times[name].append(out)
+    with contextlib.ExitStack() as stack:
+        variants = {name: (REPO, name) for name in args.precisions.split(",")}
+        if args.against:
+            tree = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "tree"
+            git = ["git", "-C", str(REPO), "worktree"]
+            subprocess.run(
+                [*git, "add", "--detach", str(tree), args.against], check=True, capture_output=True
+            )
+            stack.callback(subprocess.run, [*git, "remove", "--force", str(tree)], check=True)
+            variants[f"{args.against}: bf16"] = (tree, "bf16")
+        workers = {}
+        for name, (tree, precision) in variants.items():
+            workers[name] = Worker(precision, tree, args.threads)
+            stack.callback(workers[name].close)
+        times: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+        for r in range(args.warmup + args.rounds):
+            for name, w in workers.items():
+                out = w.step(args.first_step + r)
+                if r >= args.warmup:
+                    times[name].append(out)
 
     cpu = cpu_info()
+    threads = args.threads or "torch's default"
     print(f"CPU: {cpu['model']} (torch ISA {cpu['isa']}; flags {' '.join(cpu['flags']) or '-'}), "
-          f"{torch.get_num_threads()} threads; {args.rounds} rounds, median per step")  # fmt: skip
-    print(f"batch building (the same for all): {statistics.median(batch_seconds[args.warmup :]):.3f} s\n")
-    print("| variant | step (s) | forward | backward | optimiser | step / bf16 step |")
-    print("|---|---|---|---|---|---|")
-    base = statistics.median(sum(t.values()) for t in times["bf16"])
+          f"{threads} threads; {args.rounds} rounds, median per step")  # fmt: skip
+    print("| variant | step (s) | forward | backward | optimiser | step / bf16 step | loss, last round |")
+    print("|---|---|---|---|---|---|---|")
+    base = statistics.median(t["forward"] + t["backward"] + t["optimiser"] for t in times["bf16"])
     for name, rows in times.items():
-        total = statistics.median(sum(t.values()) for t in rows)
         parts = [statistics.median(t[k] for t in rows) for k in ("forward", "backward", "optimiser")]
-        print(
-            f"| {name} | {total:.3f} | " + " | ".join(f"{p:.3f}" for p in parts) + f" | {total / base:.2f} |"
-        )
+        total = statistics.median(t["forward"] + t["backward"] + t["optimiser"] for t in rows)
+        print(f"| {name} | {total:.3f} | " + " | ".join(f"{p:.3f}" for p in parts)
+              + f" | {total / base:.2f} | {rows[-1]['loss']:.4f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -252,6 +252,38 @@ def test_left_padded_batch_generates_like_single_prompts():
     )
 
 
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("ffn_type", FFN_TYPES)
+def test_right_padded_batch_scores_like_single_sequences(ffn_type, attn_implementation, monkeypatch):
+    """Training's right-padded batches: each sequence's logits are those it has alone, and with
+    SDPA they run its causal kernel with no padding mask."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    model = _model(ffn_type).eval()
+    model.config._attn_implementation = attn_implementation
+    lengths = (10, 7, 4)
+    ids = torch.randint(1, 256, (len(lengths), max(lengths)))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask, use_cache=False)
+        batch_calls = list(calls)
+        for i, n in enumerate(lengths):
+            alone = model(input_ids=ids[i : i + 1, :n], use_cache=False)
+            torch.testing.assert_close(batch.logits[i, :n], alone.logits[0], atol=1e-5, rtol=1e-5)
+    if attn_implementation == "sdpa":
+        assert batch_calls == [(None, True)] * model.config.num_hidden_layers
+    else:
+        assert batch_calls == []
+
+
 def test_streaming_generation_yields_the_generated_text():
     from tokenizers import Tokenizer, models, pre_tokenizers
 

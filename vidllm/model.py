@@ -258,21 +258,34 @@ def token_motion(reduction: Reduction, span: float = 1 / 16) -> torch.Tensor:
             "this model reads motion features; the reduction does not carry the tower's features"
         )
     features, encoded = reduction.features, reduction.encoded_frames
-    _, h, w, _ = features.shape
+    _, h, w, channels = features.shape
     step = max(1, round(len(encoded) * span))
     where = {f: i for i, f in enumerate(encoded)}
-    rows = []
-    for segment in reduction.segments:
+    # Segments with the same crop window and grid (all the fast path's, for one) are pooled in one
+    # call, and each feature map is read by one indexing op: per-segment slices would cost a
+    # backward pass a zero-filled copy of ``features`` each.
+    groups: dict[tuple[int, int, int, int, tuple[int, int]], list[int]] = {}
+    later, earlier = [], []
+    for k, segment in enumerate(reduction.segments):
         i = where[segment.frame]
-        change = features[encoded[min(i + step, len(encoded) - 1)]] - features[encoded[max(i - step, 0)]]
+        later.append(encoded[min(i + step, len(encoded) - 1)])
+        earlier.append(encoded[max(i - step, 0)])
         x0, y0, x1, y1 = segment.box or (0.0, 0.0, 1.0, 1.0)
-        crop = change[
-            round(y0 * h) : max(round(y1 * h), round(y0 * h) + 1),
-            round(x0 * w) : max(round(x1 * w), round(x0 * w) + 1),
-        ]
-        pooled = F.adaptive_avg_pool2d(crop.permute(2, 0, 1)[None].float(), segment.grid)[0]
-        rows.append(pooled.flatten(1).T)
-    return torch.cat(rows)
+        r0, c0 = round(y0 * h), round(x0 * w)
+        window = (r0, max(round(y1 * h), r0 + 1), c0, max(round(x1 * w), c0 + 1))
+        groups.setdefault((*window, tuple(segment.grid)), []).append(k)
+    later_t = torch.tensor(later, device=features.device)
+    earlier_t = torch.tensor(earlier, device=features.device)
+    pooled, rows_of, offset = [], {}, 0  # rows_of[k]: segment k's rows in torch.cat(pooled)
+    for (r0, r1, c0, c1, grid), members in groups.items():
+        index = torch.tensor(members, device=features.device)
+        change = features[later_t[index], r0:r1, c0:c1] - features[earlier_t[index], r0:r1, c0:c1]
+        out = F.adaptive_avg_pool2d(change.permute(0, 3, 1, 2).float(), grid)  # (k, C, gh, gw)
+        pooled.append(out.flatten(2).transpose(1, 2).reshape(-1, channels))
+        for k in members:
+            rows_of[k] = torch.arange(offset, offset + grid[0] * grid[1], device=features.device)
+            offset += grid[0] * grid[1]
+    return torch.cat(pooled)[torch.cat([rows_of[k] for k in range(len(rows_of))])]
 
 
 class VideoLLM(nn.Module):
