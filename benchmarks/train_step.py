@@ -43,53 +43,71 @@ PRECISIONS = {  # name: (autocast, attention in float32)
 }
 
 
-def worker(precision: str, threads: int | None) -> None:
-    """Build the default preset's video stage and run the steps named on stdin, one JSON line each."""
+def build_stage(name: str, fp32_attention: bool):
+    """Stage ``name`` of the default preset, its model at its initialisation (the shipped tokenizer)."""
     import torch
     from transformers import AutoTokenizer
 
     from vidllm.api import resolve_model_path
     from vidllm.train.presets import get_preset
-    from vidllm.train.scorer_training import build_dual_encoder
+    from vidllm.train.scorer_training import build_dual_encoder, scorer_stage
     from vidllm.train.trainer import VideoLLMForTraining, build_video_llm, video_stage
 
-    if threads:
-        torch.set_num_threads(threads)
-    autocast, fp32_attention = PRECISIONS[precision]
     preset = get_preset("default")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("default") / "lm")
     torch.manual_seed(preset.seed)
-    model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
-    wrapper = VideoLLMForTraining.from_spec(model, preset.video).train()
-    stage = video_stage(preset, wrapper)
+    dual = build_dual_encoder(preset, tokenizer)
+    if name == "scorer":
+        if fp32_attention:
+            raise SystemExit("fp32 attention is the LM's: the scorer stage has no LM")
+        return scorer_stage(preset, tokenizer, dual)
+    model = build_video_llm(preset, tokenizer, dual)
     if fp32_attention:
         from vidllm.lm.training import register_float32_attention
 
         model.lm.config._attn_implementation = register_float32_attention()
-    optimizer = torch.optim.AdamW(stage.param_groups)
+    return video_stage(preset, VideoLLMForTraining.from_spec(model, preset.video))
+
+
+def worker(stage_name: str, precision: str, threads: int | None) -> None:
+    """Run the steps named on stdin as ``vidllm.train.loop.run_stage`` does, one JSON line each."""
+    import torch
+
     import vidllm
 
+    if threads:
+        torch.set_num_threads(threads)
+    autocast, fp32_attention = PRECISIONS[precision]
+    stage = build_stage(stage_name, fp32_attention)
+    module = stage.module.train()
+    optimizer = torch.optim.AdamW(stage.param_groups)
+    trainable = [p for g in stage.param_groups for p in g["params"] if p.requires_grad]
     print(json.dumps({"vidllm": vidllm.__file__}), flush=True)
     for line in sys.stdin:
-        batch = stage.batch_fn(int(line), 0, 1)
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        step = int(line)
         t0 = time.perf_counter()
-        with ctx:
-            loss, _ = wrapper(batch)
+        if stage.on_step is not None:
+            stage.on_step(module, step)
+        batch = stage.batch_fn(step, 0, 1)
         t1 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            loss, _ = stage.loss_fn(module, batch, step)
+        t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        t2 = time.perf_counter()
-        optimizer.step()
         t3 = time.perf_counter()
-        print(json.dumps({"forward": t1 - t0, "backward": t2 - t1, "optimiser": t3 - t2, "loss": float(loss.detach())}),
-              flush=True)  # fmt: skip
+        if stage.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)
+        optimizer.step()
+        t4 = time.perf_counter()
+        times = {"batch": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "optimiser": t4 - t3}
+        print(json.dumps({**times, "loss": float(loss.detach())}), flush=True)
 
 
 class Worker:
-    def __init__(self, precision: str, tree: Path, threads: int | None):
+    def __init__(self, stage: str, precision: str, tree: Path, threads: int | None):
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", precision]
+        command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--worker", precision]
         if threads:
             command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, cwd=tree, env=env, stdin=subprocess.PIPE,
@@ -118,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--stage", choices=["video", "scorer"], default="video")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="rounds run first and not counted")
     parser.add_argument("--first-step", type=int, default=1000)
@@ -129,7 +148,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=list(PRECISIONS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.threads)
+        worker(args.stage, args.worker, args.threads)
         return
 
     from vidllm._system import cpu_info
@@ -146,7 +165,7 @@ def main() -> None:
             variants[f"{args.against}: bf16"] = (tree, "bf16")
         workers = {}
         for name, (tree, precision) in variants.items():
-            workers[name] = Worker(precision, tree, args.threads)
+            workers[name] = Worker(args.stage, precision, tree, args.threads)
             stack.callback(workers[name].close)
         times: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         for r in range(args.warmup + args.rounds):
@@ -157,16 +176,19 @@ def main() -> None:
 
     cpu = cpu_info()
     threads = args.threads or "torch's default"
-    print(f"CPU: {cpu['model']} (torch ISA {cpu['isa']}; flags {' '.join(cpu['flags']) or '-'}), "
-          f"{threads} threads; {args.rounds} rounds, median per step")  # fmt: skip
-    print("| variant | step (s) | forward | backward | optimiser | step / bf16 step | loss, last round |")
-    print("|---|---|---|---|---|---|---|")
-    base = statistics.median(t["forward"] + t["backward"] + t["optimiser"] for t in times["bf16"])
+    print(f"{args.stage} stage of the default preset, steps {args.first_step + args.warmup} to "
+          f"{args.first_step + args.warmup + args.rounds - 1}; CPU: {cpu['model']} (torch ISA {cpu['isa']}; "
+          f"flags {' '.join(cpu['flags']) or '-'}), {threads} threads; median per step")  # fmt: skip
+    parts = ("batch", "forward", "backward", "optimiser")
+    print("| variant | step (s) | " + " | ".join(parts) + " | step / bf16 step | loss, last round |")
+    print("|---|---|" + "---|" * len(parts) + "---|---|")
+    step_time = lambda rows: statistics.median(sum(t[k] for k in parts) for t in rows)
+    base = step_time(times["bf16"])
     for name, rows in times.items():
-        parts = [statistics.median(t[k] for t in rows) for k in ("forward", "backward", "optimiser")]
-        total = statistics.median(t["forward"] + t["backward"] + t["optimiser"] for t in rows)
-        print(f"| {name} | {total:.3f} | " + " | ".join(f"{p:.3f}" for p in parts)
-              + f" | {total / base:.2f} | {rows[-1]['loss']:.4f} |")  # fmt: skip
+        medians = " | ".join(f"{statistics.median(t[k] for t in rows):.3f}" for k in parts)
+        print(
+            f"| {name} | {step_time(rows):.3f} | {medians} | {step_time(rows) / base:.2f} | {rows[-1]['loss']:.4f} |"
+        )
 
 
 if __name__ == "__main__":
