@@ -6,7 +6,7 @@
   ``VidLMConfig.gumbel_temperature_at``).
 - ``float32_attention``: under bfloat16 autocast, compute the attention itself in float32. On CPUs
   with AMX the bfloat16 SDPA backward is slower than the float32 one
-  (``benchmarks/train_step.py``: a default video-stage step 0.81x as long).
+  (``benchmarks/train_step.py``: a default video-stage step 0.91-0.96x as long).
 """
 
 from __future__ import annotations

@@ -200,8 +200,9 @@ class Preset:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: torch's default)
     bf16: bool = True  # autocast in training (CPUs with AVX512-BF16 and GPUs run it fast)
-    # Under bf16, the LM's attention in float32 (vidllm.lm.training.float32_attention): on CPUs
-    # with AMX a default video-stage step is 0.81x as long (benchmarks/train_step.py).
+    # Under bf16, the LM's attention in float32 (vidllm.lm.training.float32_attention): on a CPU
+    # with AMX a default video-stage step took 0.91-0.96x as long (benchmarks/train_step.py;
+    # plain float32, bf16=false, 0.91-0.97x), and the scorer stage does not use it.
     fp32_attention: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
