@@ -344,15 +344,15 @@ class VidLMModel(VidLMPreTrainedModel):
 
         # A right-padded batch without a cache (training) needs no padding mask in attention: a real
         # token attends only to earlier ones, all real, and what the padding after it computes is
-        # unused. Without it SDPA runs its causal kernel (skipping the upper triangle) instead of
-        # reading a dense (B, 1, L, L) mask: the attention's forward and backward take 30-45% less
-        # time on CPU. The 2D mask still marks the real tokens for the routers' losses.
+        # unused. Without it SDPA runs its causal kernel (which skips the upper triangle) instead of
+        # reading a dense (B, 1, L, L) mask (with token_motion's batching, a default video-stage
+        # training step 0.78x as long: benchmarks/train_step.py). The 2D mask still marks the real
+        # tokens for the routers' losses.
+        padding_mask = None if past_key_values is None and _right_padded(attention_mask) else attention_mask
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
-            attention_mask=None
-            if past_key_values is None and _right_padded(attention_mask)
-            else attention_mask,
+            attention_mask=padding_mask,
             past_key_values=past_key_values,
             position_ids=position_ids,
         )
