@@ -274,18 +274,17 @@ def token_motion(reduction: Reduction, span: float = 1 / 16) -> torch.Tensor:
         r0, c0 = round(y0 * h), round(x0 * w)
         window = (r0, max(round(y1 * h), r0 + 1), c0, max(round(x1 * w), c0 + 1))
         groups.setdefault((*window, tuple(segment.grid)), []).append(k)
-    later_t = torch.tensor(later, device=features.device)
-    earlier_t = torch.tensor(earlier, device=features.device)
-    pooled, rows_of, offset = [], {}, 0  # rows_of[k]: segment k's rows in torch.cat(pooled)
+    pooled, offset = [], 0
+    rows_of = [None] * len(later)  # rows_of[k]: segment k's rows in torch.cat(pooled)
     for (r0, r1, c0, c1, grid), members in groups.items():
-        index = torch.tensor(members, device=features.device)
-        change = features[later_t[index], r0:r1, c0:c1] - features[earlier_t[index], r0:r1, c0:c1]
-        out = F.adaptive_avg_pool2d(change.permute(0, 3, 1, 2).float(), grid)  # (k, C, gh, gw)
+        after = features[[later[k] for k in members], r0:r1, c0:c1]
+        before = features[[earlier[k] for k in members], r0:r1, c0:c1]
+        out = F.adaptive_avg_pool2d((after - before).permute(0, 3, 1, 2).float(), grid)  # (k, C, gh, gw)
         pooled.append(out.flatten(2).transpose(1, 2).reshape(-1, channels))
         for k in members:
             rows_of[k] = torch.arange(offset, offset + grid[0] * grid[1], device=features.device)
             offset += grid[0] * grid[1]
-    return torch.cat(pooled)[torch.cat([rows_of[k] for k in range(len(rows_of))])]
+    return torch.cat(pooled)[torch.cat(rows_of)]
 
 
 class VideoLLM(nn.Module):
