@@ -186,6 +186,35 @@ def test_window_box_holds_as_many_subjects_as_fit():
     assert right > 3
 
 
+def test_roi_overlap_weight_moves_later_boxes_to_a_second_subject_and_keeps_a_lone_one():
+    """Two subjects far apart on every frame, one a little more relevant: each box goes to it
+    alone (the default); with ``roi_overlap_weight`` the boxes alternate. A lone subject keeps
+    every box."""
+    features = torch.randn(4, 8, 8, 2)
+    patch_scores = torch.zeros(4, 8, 8)
+    patch_scores[:, 1, 1], patch_scores[:, 6, 6] = 0.60, 0.58  # weights 1 and exp(-0.4) = 0.67
+    config = ReducerConfig(num_frames=4, slow_frames=2, middle_frames=2, fast_grid=(0, 0), pool_stride=1,
+                           roi_ratio=0.25, roi_center="window")  # fmt: skip
+
+    def shown(config, patch_scores):  # per box, the subjects (cells (1, 1), (6, 6)) inside it
+        reduction = reduce_free_video_llm(features, torch.linspace(0, 1, 4), patch_scores, config)
+        inside = lambda box, y, x: box[0] * 8 <= x < box[2] * 8 and box[1] * 8 <= y < box[3] * 8
+        return [tuple(name for name, (y, x) in {"a": (1, 1), "b": (6, 6)}.items() if inside(s.box, y, x))
+                for s in reduction.segments]  # fmt: skip
+
+    assert shown(config, patch_scores) == [("a",)] * 4
+    spread = replace(config, roi_overlap_weight=0.5)
+    assert shown(spread, patch_scores) == [("a",), ("b",), ("a",), ("b",)]
+    lone = patch_scores.clone()
+    lone[:, 6, 6] = 0.0
+    assert shown(spread, lone) == [("a",)] * 4
+    with pytest.raises(ValueError, match="roi_overlap_weight"):
+        ReducerConfig(roi_center="window", roi_overlap_weight=0.0)
+    # the official placement ignores it
+    mean = replace(config, roi_center="mean")
+    assert shown(replace(mean, roi_overlap_weight=0.5), patch_scores) == shown(mean, patch_scores)
+
+
 def test_roi_center_and_temperature_are_checked():
     with pytest.raises(ValueError, match="roi_center"):
         ReducerConfig(roi_center="median")

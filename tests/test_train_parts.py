@@ -499,6 +499,12 @@ def test_preset_overrides():
     for key in ("model.reducer.nope", "model.nope.roi_center", "model.reducer.roi_center.upper"):
         with pytest.raises(KeyError, match="does not exist"):
             get_preset("default", {key: 1})
+    # a ReducerConfig field the preset leaves at its default, checked as the config checks it
+    spread = get_preset("default", {"model.reducer.roi_overlap_weight": 0.5})
+    assert spread.model.reducer["roi_overlap_weight"] == 0.5
+    assert "roi_overlap_weight" not in PRESETS["default"].model.reducer
+    with pytest.raises(ValueError, match="roi_overlap_weight"):
+        get_preset("default", {"model.reducer.roi_overlap_weight": 2.0})
     with pytest.raises(KeyError, match="unknown preset"):
         get_preset("nope")
     assert math.isclose(sum(e["weight"] for e in PRESETS["default"].video.reducer_mix), 1.0)

@@ -77,6 +77,13 @@ class ReducerConfig:
             (in the scorer's units) are spread; None spreads any frame. A subject on screen for a
             moment then keeps its neighbouring frames instead of giving them up for frames
             without it.
+        roi_overlap_weight: with ``roi_center="window"``, the boxes are placed one after another
+            (slow frames, then middle ones) and a cell's weight is multiplied by this for every
+            earlier box that held it. 1.0 (the default) places each box on its own frame's
+            relevance alone, so all of them can show the same one of two relevant objects;
+            below 1, a box moves to another relevant region when that one's weights sum to more
+            than this share of the covered one's. A lone subject keeps the boxes (elsewhere the
+            weights are near 0). ``"mean"`` boxes ignore it.
     """
 
     num_frames: int = 50
@@ -91,6 +98,7 @@ class ReducerConfig:
     roi_paths: tuple[str, ...] = ("slow", "middle")
     slow_min_gap: int = 0
     slow_gap_margin: float | None = None
+    roi_overlap_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -116,6 +124,8 @@ class ReducerConfig:
             raise ValueError(f"slow_min_gap must be >= 0, got {self.slow_min_gap}")
         if self.slow_gap_margin is not None and not self.slow_gap_margin >= 0:
             raise ValueError(f"slow_gap_margin must be None or >= 0, got {self.slow_gap_margin}")
+        if not 0.0 < self.roi_overlap_weight <= 1.0:
+            raise ValueError(f"roi_overlap_weight must be in (0, 1], got {self.roi_overlap_weight}")
         object.__setattr__(self, "fast_grid", tuple(int(v) for v in self.fast_grid))
 
     def to_dict(self) -> dict:
@@ -364,7 +374,11 @@ def middle_frames(num_frames: int, m: int) -> list[int]:
 
 
 def roi_box(
-    scores: torch.Tensor, ratio: float, center: str = "mean", temperature: float = 0.05
+    scores: torch.Tensor,
+    ratio: float,
+    center: str = "mean",
+    temperature: float = 0.05,
+    cell_weights: torch.Tensor | None = None,
 ) -> tuple[int, int, int, int]:
     """The RoI box ``(top, left, bottom, right)`` in cells on the grid of ``scores`` (h, w).
 
@@ -372,7 +386,7 @@ def roi_box(
     ``int(h * w * ratio)`` highest-scoring cells (integer truncation, as the official code),
     shifted inside the grid. ``center="window"``: of all the boxes of that size inside the grid,
     the one that holds the most relevance, a cell weighing ``exp((score - max) / temperature)``
-    (the first in row-major order on a tie).
+    (the first in row-major order on a tie), times ``cell_weights`` (h, w) when given.
     """
     h, w = scores.shape
     bh, bw = roi_size((h, w), ratio)
@@ -380,6 +394,8 @@ def roi_box(
         return 0, 0, h, w
     if center == "window":
         weights = torch.exp((scores.float() - scores.max().float()) / temperature)
+        if cell_weights is not None:
+            weights = weights * cell_weights
         sums = F.avg_pool2d(weights[None, None], (bh, bw), stride=1)[0, 0]
         top, left = divmod(int(sums.flatten().argmax()), sums.shape[1])
         return top, left, top + bh, left + bw
@@ -454,6 +470,8 @@ def reduce_free_video_llm(
         ),
         "middle": middle_frames(n, min(config.middle_frames, n)),
     }
+    # how many earlier boxes held each cell (roi_overlap_weight)
+    covered = torch.zeros(pooled_hw, device=features.device)
     for path in ("slow", "middle"):
         frames = chosen[path]
         if not frames:
@@ -463,9 +481,12 @@ def reduce_free_video_llm(
             if patch_scores is None or config.roi_ratio >= 1.0 or path not in config.roi_paths:
                 t0, l0, t1, l1 = 0, 0, *pooled_hw
             else:
+                spread = config.roi_overlap_weight < 1.0 and config.roi_center == "window"
+                overlap = config.roi_overlap_weight**covered if spread else None
                 t0, l0, t1, l1 = roi_box(
-                    grid_scores[f], config.roi_ratio, config.roi_center, config.roi_temperature
+                    grid_scores[f], config.roi_ratio, config.roi_center, config.roi_temperature, overlap
                 )
+                covered[t0:t1, l0:l1] += 1
             box = (l0 / pooled_hw[1], t0 / pooled_hw[0], l1 / pooled_hw[1], t1 / pooled_hw[0])
             if config.roi_mode == "reencode" and (t0, l0, t1, l1) != (0, 0, *pooled_hw):
                 crop = max_pool_width(reencode(f, box)[None], config.pool_stride)[0]

@@ -432,10 +432,13 @@ def mix_settings(entry: dict[str, Any], reducer: dict[str, Any]) -> dict[str, An
 def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """A copy of the named preset with dotted ``overrides`` applied (``{"video.steps": 10}``).
 
-    A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``).
+    A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``),
+    or any ``ReducerConfig`` field under ``model.reducer``, which lists only the preset's own.
     Raises ``KeyError`` for an unknown preset or field, ``ValueError`` for a ``reducer_mix`` entry
     whose reducer settings are wrong, for wrong ``template_weights`` or ``attribute_count``.
     """
+    from vidllm.reducer import ReducerConfig
+
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     preset = copy.deepcopy(PRESETS[name])
@@ -447,12 +450,14 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
                 target = target[part] if isinstance(target, dict) else getattr(target, part)
         except (AttributeError, KeyError):
             raise KeyError(f"preset field {key!r} does not exist") from None
-        if isinstance(target, dict) and last in target:
+        reducer_field = target is preset.model.reducer and last in {f.name for f in fields(ReducerConfig)}
+        if isinstance(target, dict) and (last in target or reducer_field):
             target[last] = value
         elif is_dataclass(target) and hasattr(target, last):
             setattr(target, last, value)
         else:
             raise KeyError(f"preset field {key!r} does not exist")
+    ReducerConfig(**preset.model.reducer)  # the values, checked as the config checks them
     for entry in [*preset.video.reducer_mix, *(preset.lora.reducer_mix or [])]:  # before any training
         mix_settings(entry, preset.model.reducer)
     template_probabilities(preset.video.template_weights)
