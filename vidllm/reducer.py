@@ -470,8 +470,9 @@ def reduce_free_video_llm(
         ),
         "middle": middle_frames(n, min(config.middle_frames, n)),
     }
-    # how many earlier boxes held each cell (roi_overlap_weight)
-    covered = torch.zeros(pooled_hw, device=features.device)
+    # with roi_overlap_weight, how many earlier boxes held each cell
+    spread = config.roi_overlap_weight < 1.0 and config.roi_center == "window"
+    covered = torch.zeros(pooled_hw, device=features.device) if spread else None
     for path in ("slow", "middle"):
         frames = chosen[path]
         if not frames:
@@ -481,12 +482,12 @@ def reduce_free_video_llm(
             if patch_scores is None or config.roi_ratio >= 1.0 or path not in config.roi_paths:
                 t0, l0, t1, l1 = 0, 0, *pooled_hw
             else:
-                spread = config.roi_overlap_weight < 1.0 and config.roi_center == "window"
                 overlap = config.roi_overlap_weight**covered if spread else None
                 t0, l0, t1, l1 = roi_box(
                     grid_scores[f], config.roi_ratio, config.roi_center, config.roi_temperature, overlap
                 )
-                covered[t0:t1, l0:l1] += 1
+                if spread:
+                    covered[t0:t1, l0:l1] += 1
             box = (l0 / pooled_hw[1], t0 / pooled_hw[0], l1 / pooled_hw[1], t1 / pooled_hw[0])
             if config.roi_mode == "reencode" and (t0, l0, t1, l1) != (0, 0, *pooled_hw):
                 crop = max_pool_width(reencode(f, box)[None], config.pool_stride)[0]
