@@ -505,6 +505,17 @@ def test_preset_overrides():
     assert "roi_overlap_weight" not in PRESETS["default"].model.reducer
     with pytest.raises(ValueError, match="roi_overlap_weight"):
         get_preset("default", {"model.reducer.roi_overlap_weight": 2.0})
+    # the object stage's templates and rows, checked before any training
+    assert get_preset("default", {"objects.steps": 10}).objects.steps == 10
+    assert PRESETS["default"].objects.steps == 0  # off in the shipped recipe
+    for key, value in (
+        ("objects.template_weights", {"direction": 1.0}),
+        ("objects.template_weights", {"count": 0.0}),
+        ("objects.tokens_per_object", [2, 40]),
+        ("objects.tokens_per_object", [0, 4]),
+    ):
+        with pytest.raises(ValueError, match=key):
+            get_preset("default", {key: value})
     with pytest.raises(KeyError, match="unknown preset"):
         get_preset("nope")
     assert math.isclose(sum(e["weight"] for e in PRESETS["default"].video.reducer_mix), 1.0)

@@ -4,6 +4,7 @@ exactly, the training forward pass is the inference path, and the exported model
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -417,3 +418,92 @@ def test_float32_attention_under_bf16_autocast(tmp_path, monkeypatch):
         model = VideoLLM.from_pretrained(result.model_dir)
         assert model.lm.config._attn_implementation == "sdpa"
     assert dtypes == {True: {torch.float32}, False: {torch.bfloat16}}
+
+
+@pytest.mark.parametrize("template", ["color", "shape", "count"])
+def test_object_questions_are_posed_as_the_world_poses_them(template):
+    """The object stage's questions (vidllm.train.object_tokens): the world's template text, colours
+    distinct, a colour question about a shape the scene holds once, count answers over 0-4."""
+    from vidllm.data.synthetic import COLORS, SHAPES, TEMPLATES
+    from vidllm.train.object_tokens import MAX_OBJECTS, draw_question
+
+    rng = np.random.default_rng(0)
+    answers = set()
+    for _ in range(300):
+        objects, question, answer = draw_question(rng, template)
+        assert 1 <= len(objects) <= MAX_OBJECTS
+        assert len({c for c, _ in objects}) == len(objects)
+        names = [(COLORS[c], SHAPES[s]) for c, s in objects]
+        if template == "count":
+            shape = next(s for s in SHAPES if question == TEMPLATES["count"].format(shape=s))
+            assert answer == str(sum(s == shape for _, s in names))
+        elif template == "color":
+            shape = next(s for s in SHAPES if question == TEMPLATES["color"].format(shape=s))
+            assert [c for c, s in names if s == shape] == [answer]
+        else:
+            color = next(c for c in COLORS if question == TEMPLATES["shape"].format(color=c))
+            assert [s for c, s in names if c == color] == [answer]
+        answers.add(answer)
+    if template == "count":
+        assert answers == {str(k) for k in range(MAX_OBJECTS + 1)}
+
+
+def test_object_batches_lay_out_the_prompt_with_each_objects_rows():
+    """Each sequence is the video LLM's prompt around made-up visual rows: the question before and
+    after the video markers, every object on ``tokens_per_object`` rows, the answer as target; a
+    step's batch is a pure function of the step and each process draws its own."""
+    from vidllm.train.object_tokens import ObjectTokenLM, make_object_batch_fn
+    from vidllm.train.scorer_training import build_dual_encoder
+    from vidllm.train.tokenizer import train_tokenizer, world_corpus
+
+    preset = get_preset("smoke", {"objects.batch": 6, "objects.visual_tokens": 60})
+    tokenizer = train_tokenizer(world_corpus(num_items=20), vocab_size=300)
+    model = build_video_llm(preset, tokenizer, build_dual_encoder(preset, tokenizer))
+    batch_fn = make_object_batch_fn(model, preset.objects, seed=0, stage_seed=4)
+    batch = batch_fn(3, 0, 1)
+    again = batch_fn(3, 0, 1)
+    assert batch.before == again.before
+    assert torch.equal(batch.rows, again.rows)
+    assert torch.equal(batch.noise, again.noise)
+    assert not torch.equal(batch_fn(3, 1, 2).rows, batch_fn(3, 0, 2).rows)
+    assert len(batch_fn(3, 1, 2).objects) == 3
+    low, high = preset.objects.tokens_per_object
+    for i, objects in enumerate(batch.objects):
+        shown = torch.bincount(batch.rows[i][batch.rows[i] >= 0], minlength=len(objects))
+        assert len(shown) == len(objects)
+        assert bool(((shown >= low) & (shown <= high)).all())
+        text_ids, tail = model.prompt_text_ids(batch.questions[i])
+        assert batch.before[i] == [*text_ids, *(model.marker_ids[k] for k in ("start", "slow", "frame"))]
+        assert batch.after[i] == [model.marker_ids["end"], *tail]
+        assert batch.targets[i][-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(batch.targets[i][:-1]).strip() == batch.answers[i]
+    loss, metrics = ObjectTokenLM(model, preset.objects.noise)(batch)
+    loss.backward()
+    assert metrics["questions"] == 6
+    assert math.isfinite(float(loss))
+    assert model.lm.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_object_stage_trains_the_lm_before_the_video_stage_and_resumes(tmp_path):
+    """``objects.steps > 0``: the LM trains on made-up object tokens before the video stage (its
+    loss falls), an interrupted object stage resumes to the same weights, and the video stage
+    after it draws the batches it draws without it."""
+    overrides = {"objects.steps": 8, "objects.batch": 8, "objects.warmup": 0, "lora.steps": 0, "log_every": 1}
+    preset = get_preset("smoke", overrides)
+    whole = train(preset, tmp_path / "whole", progress=False, run_validation=False)
+    assert set(whole.stages) == {"scorer", "objects", "video"}
+    log = read_log(tmp_path / "whole" / "objects" / "log.csv")
+    assert log["step"][-1] == 8
+    assert log["questions"] == [8] * 8
+    assert np.mean(log["lm_loss"][-3:]) < np.mean(log["lm_loss"][:3])
+    out = tmp_path / "cut"
+    assert (
+        train(preset, out, stop_at={"objects": 3}, progress=False, run_validation=False).status == "stopped"
+    )
+    assert train(preset, out, progress=False, run_validation=False).status == "done"
+    for stage in ("objects", "video"):
+        _assert_same_state(_final_state(tmp_path / "whole", stage), _final_state(out, stage))
+    plain = train(get_preset("smoke", {"lora.steps": 0, "log_every": 1}), tmp_path / "plain",
+                  progress=False, run_validation=False)  # fmt: skip
+    layouts = read_log(plain.output_dir / "video" / "log.csv")["layout"]
+    assert read_log(tmp_path / "whole" / "video" / "log.csv")["layout"] == layouts

@@ -159,6 +159,26 @@ class VideoStageSpec:
 
 
 @dataclass
+class ObjectStageSpec:
+    """Stage 1b (optional, before the video stage): the LM alone on prompts whose visual rows are
+    made up from its own colour and shape word embeddings (:mod:`vidllm.train.object_tokens`):
+    cheap practice at reading and counting objects. 0 steps: off."""
+
+    steps: int = 0
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.01
+    visual_tokens: int = 128
+    tokens_per_object: list[int] = field(default_factory=lambda: [2, 12])
+    noise: float = 0.5  # each row's noise, as a multiple of the word embeddings' spread
+    # Relative weights of the templates asked (vidllm.train.object_tokens.OBJECT_TEMPLATES).
+    template_weights: dict[str, float] = field(
+        default_factory=lambda: {"count": 2.0, "color": 1.0, "shape": 1.0}
+    )
+
+
+@dataclass
 class LoRAStageSpec:
     """Stage 3 (optional): LoRA on the LM (vidllm.lm.apply_lora), merged into the weights after.
 
@@ -209,6 +229,7 @@ class Preset:
     keep_checkpoints: int = 2
     model: ModelSpec = field(default_factory=ModelSpec)
     scorer: ScorerStageSpec = field(default_factory=ScorerStageSpec)
+    objects: ObjectStageSpec = field(default_factory=ObjectStageSpec)
     video: VideoStageSpec = field(default_factory=VideoStageSpec)
     lora: LoRAStageSpec = field(default_factory=LoRAStageSpec)
     validation: ValidationSpec = field(default_factory=ValidationSpec)
@@ -429,6 +450,23 @@ def mix_settings(entry: dict[str, Any], reducer: dict[str, Any]) -> dict[str, An
     return settings
 
 
+def _check_object_stage(spec: ObjectStageSpec) -> None:
+    from vidllm.train.object_tokens import MAX_OBJECTS, OBJECT_TEMPLATES
+
+    unknown = sorted(set(spec.template_weights) - set(OBJECT_TEMPLATES))
+    if unknown or sum(spec.template_weights.values()) <= 0 or min(spec.template_weights.values()) < 0:
+        raise ValueError(
+            f"objects.template_weights must weigh some of {list(OBJECT_TEMPLATES)}, none negative, "
+            f"got {spec.template_weights}"
+        )
+    low, high = spec.tokens_per_object
+    if not 1 <= low <= high or high * MAX_OBJECTS > spec.visual_tokens:
+        raise ValueError(
+            f"objects.tokens_per_object must be 1 <= min <= max with max * {MAX_OBJECTS} <= "
+            f"objects.visual_tokens ({spec.visual_tokens}), got {spec.tokens_per_object}"
+        )
+
+
 def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """A copy of the named preset with dotted ``overrides`` applied (``{"video.steps": 10}``).
 
@@ -463,6 +501,7 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     template_probabilities(preset.video.template_weights)
     if preset.lora.template_weights is not None:
         template_probabilities(preset.lora.template_weights)
+    _check_object_stage(preset.objects)
     if preset.video.attribute_count not in ATTRIBUTE_COUNTS:
         raise ValueError(f"video.attribute_count must be one of {ATTRIBUTE_COUNTS}")
     return preset
@@ -474,6 +513,7 @@ __all__ = [
     "PRESETS",
     "LoRAStageSpec",
     "ModelSpec",
+    "ObjectStageSpec",
     "Preset",
     "ScorerStageSpec",
     "ValidationSpec",

@@ -4,6 +4,7 @@ The pipeline of ``vidllm train --preset NAME`` (:func:`train`), every stage resu
 
 0. the tokenizer (:mod:`vidllm.train.tokenizer`), saved first so a resumed run reuses it;
 1. the relevance scorer (:mod:`vidllm.train.scorer_training`);
+1b. optionally the LM alone on made-up object tokens (:mod:`vidllm.train.object_tokens`);
 2. the video LLM: vision tower (initialised from the scorer's image backbone, trainable),
    projector and LM, trained on the answer tokens only. The forward pass is the inference path
    of :meth:`vidllm.model.VideoLLM.prepare` with gradients: the same tower, scorer, reducer
@@ -156,6 +157,33 @@ def _half_each(positive: torch.Tensor, total: int) -> torch.Tensor:
     ``total - positive.sum()`` the other half (all of it to one side when the other is empty)."""
     n = int(positive.sum())
     return torch.where(positive, 0.5 / max(n, 1), 0.5 / max(total - n, 1)) * (2.0 if n in (0, total) else 1.0)
+
+
+def pad_answer_batch(prompts: list[torch.Tensor], targets: list[list[int]], embed: nn.Embedding):
+    """Right-padded LM inputs of prompts ``(L_i, H)`` each followed by its answer ids:
+    ``(inputs (B, L, H), attention mask (B, L), labels (B, L))``, labels -100 but on the answers."""
+    sequences, labels = [], []
+    for prompt, target in zip(prompts, targets):
+        ids = torch.tensor(target, device=prompt.device)
+        sequences.append(torch.cat([prompt, embed(ids).to(prompt.dtype)]))
+        labels.append(torch.cat([torch.full((prompt.shape[0],), -100, device=prompt.device), ids]))
+    length = max(s.shape[0] for s in sequences)
+    inputs = sequences[0].new_zeros(len(sequences), length, sequences[0].shape[1])
+    mask = torch.zeros(len(sequences), length, dtype=torch.long, device=inputs.device)
+    label_batch = torch.full((len(sequences), length), -100, dtype=torch.long, device=inputs.device)
+    for i, (s, lab) in enumerate(zip(sequences, labels)):
+        inputs[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+        label_batch[i, : s.shape[0]] = lab
+    return inputs, mask, label_batch
+
+
+@torch.no_grad()
+def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: every answer token of the sequence predicted right (greedy, teacher-forced)."""
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    return ((predicted == target) | (target == -100)).all(dim=1)
 
 
 class VideoLLMForTraining(nn.Module):
@@ -398,28 +426,12 @@ class VideoLLMForTraining(nn.Module):
         model = self.model
         tokenizer = model.tokenizer
         layouts = self.layouts(batch)
-        embed = model.lm.get_input_embeddings()
-        sequences, labels = [], []
+        prompts, targets = [], []
         for v, q in batch.selected:
-            prompt_embeds = layouts[v, q][0]
-            target = tokenizer(" " + batch.videos[v].questions[q].target, add_special_tokens=False)[
-                "input_ids"
-            ]
-            target = [*target, tokenizer.eos_token_id]
-            target_ids = torch.tensor(target, device=model.device)
-            sequences.append(torch.cat([prompt_embeds, embed(target_ids).to(prompt_embeds.dtype)]))
-            labels.append(
-                torch.cat([torch.full((prompt_embeds.shape[0],), -100, device=model.device), target_ids])
-            )
-        length = max(s.shape[0] for s in sequences)
-        hidden = sequences[0].shape[1]
-        inputs = sequences[0].new_zeros(len(sequences), length, hidden)
-        mask = torch.zeros(len(sequences), length, dtype=torch.long, device=model.device)
-        label_batch = torch.full((len(sequences), length), -100, dtype=torch.long, device=model.device)
-        for i, (s, lab) in enumerate(zip(sequences, labels)):
-            inputs[i, : s.shape[0]] = s
-            mask[i, : s.shape[0]] = 1
-            label_batch[i, : s.shape[0]] = lab
+            prompts.append(layouts[v, q][0])
+            target = tokenizer(" " + batch.videos[v].questions[q].target, add_special_tokens=False)
+            targets.append([*target["input_ids"], tokenizer.eos_token_id])
+        inputs, mask, label_batch = pad_answer_batch(prompts, targets, model.lm.get_input_embeddings())
         relevance = self.relevance_head is not None
         attributes = self.attribute_head is not None
         out = model.lm(
@@ -429,17 +441,13 @@ class VideoLLMForTraining(nn.Module):
             use_cache=False,
             output_hidden_states=relevance or attributes,
         )
-        with torch.no_grad():
-            predicted = out.logits[:, :-1].argmax(-1)
-            target = label_batch[:, 1:]
-            answer = target != -100
-            exact = ((predicted == target) | ~answer).all(dim=1).float().mean()
+        exact = answer_accuracy(out.logits, label_batch).float().mean()
         lm_loss = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
         metrics = {
             "lm_loss": float(lm_loss.detach()),
             "answer_acc": float(exact),
-            "questions": len(sequences),
-            "seq_len": length,
+            "questions": len(prompts),
+            "seq_len": inputs.shape[1],
             "layout": batch.layout_name,
         }
         loss = out.loss
@@ -527,7 +535,7 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
 
 
 # Each stage's batches draw from their own stream (with the preset's seed and the step)
-STAGE_SEEDS = {"video": 2, "lora": 3}
+STAGE_SEEDS = {"video": 2, "lora": 3, "objects": 4}
 
 
 def _video_loss(module: nn.Module, batch: VideoStepBatch, step: int):
@@ -872,6 +880,19 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
     torch.manual_seed(preset.seed + 1)
     model = build_video_llm(preset, tokenizer, dual)
     wrapper = VideoLLMForTraining.from_spec(model, preset.video)
+    if preset.objects.steps > 0:
+        from vidllm.train.object_tokens import object_stage
+
+        # its own generators: the video stage draws what it would without this stage
+        with torch.random.fork_rng():
+            results["objects"] = run_stage(
+                object_stage(preset, model, stage_seed=STAGE_SEEDS["objects"]),
+                output_dir / "objects",
+                stop_at=stop_at.get("objects"),
+                **common,
+            )
+        if results["objects"].status != "done":
+            return TrainResult("stopped", output_dir, None, results, None, accelerator.is_main_process)
     with float32_attention(model.lm, enabled=preset.bf16 and preset.fp32_attention):
         results["video"] = run_stage(
             video_stage(preset, wrapper), output_dir / "video", stop_at=stop_at.get("video"), **common

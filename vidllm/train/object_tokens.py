@@ -1,0 +1,222 @@
+"""Stage 1b (optional): the LM alone on made-up object tokens, before the video stage.
+
+Counting the objects of a shape is the skill the LM learns slowest: handed clean object tokens, a
+fresh LM of the default size needs about 40,000 count questions to answer 90% of them
+(``scripts/count_probe.py``, docs/training_runs.md "Counting is slow to learn even from clean
+tokens"), where the video stage asks about 6,700, each at the cost of a whole video's tower and
+LM passes. This stage gives the LM that practice before it sees a video, at the cost of short LM
+passes only: each sequence is the video LLM's prompt (the real template, tokenizer and markers:
+the question, ``<|video_start|>``, visual rows, ``<|video_end|>``, the question again) and the
+answer, whose visual rows are made up. Each object of a drawn scene is shown by a few rows, each
+the LM's own input embeddings of the object's colour word and shape word summed, plus noise; the
+other rows are noise alone; the objects' rows lie at random places among them.
+
+The rows are built from the LM's word embeddings so that what the LM learns to read here is a
+place the video stage's projector can map the tower's features to: the words the questions and
+answers use. Questions are drawn as the world asks them (``What color is the {shape}?``, ``What
+shape is the {color} object?``, ``How many {shape}s appear in the video?``), count answers
+uniform over 0-4, colours distinct within a scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from vidllm.data.synthetic.questions import TEMPLATES
+from vidllm.data.synthetic.scene import COLORS, SHAPES, WorldConfig
+from vidllm.train.loop import Stage, decay_groups
+
+OBJECT_TEMPLATES = ("color", "shape", "count")
+"""The templates this stage asks: those answered from what each object is, not from its motion."""
+
+MAX_OBJECTS = WorldConfig().max_objects  # the world's most objects, so its largest count answer
+OBJECT_METRICS = ("lm_loss", "answer_acc", "count_acc", "questions")
+
+
+def draw_scene(rng: np.random.Generator, count: int | None = None) -> list[tuple[int, int]]:
+    """``(colour, shape)`` index pairs of a scene of 1-``MAX_OBJECTS`` objects, colours distinct;
+    with ``count``, a count question's scene: ``count`` objects of shape 0 (the caller names the
+    asked shape), up to ``MAX_OBJECTS`` in all, the others of other shapes."""
+    if count is None:
+        total = int(rng.integers(1, MAX_OBJECTS + 1))
+        shapes = rng.integers(len(SHAPES), size=total).tolist()
+    else:
+        total = int(rng.integers(max(1, count), MAX_OBJECTS + 1))
+        shapes = [0] * count + rng.integers(1, len(SHAPES), size=total - count).tolist()
+    colors = rng.permutation(len(COLORS))[:total].tolist()
+    return list(zip(colors, shapes))
+
+
+def draw_question(rng: np.random.Generator, template: str) -> tuple[list[tuple[int, int]], str, str]:
+    """``(objects, question, answer)`` for one of :data:`OBJECT_TEMPLATES`, well posed as the
+    world poses it: a colour question names a shape the scene holds once."""
+    if template == "count":
+        answer = int(rng.integers(0, MAX_OBJECTS + 1))
+        shape = int(rng.integers(len(SHAPES)))
+        # draw_scene puts the asked objects on shape 0: swap shape 0 and the asked shape
+        objects = [(c, shape if s == 0 else (0 if s == shape else s)) for c, s in draw_scene(rng, answer)]
+        return objects, TEMPLATES["count"].format(shape=SHAPES[shape]), str(answer)
+    while True:
+        objects = draw_scene(rng)
+        if template == "shape":
+            color, shape = objects[int(rng.integers(len(objects)))]
+            return objects, TEMPLATES["shape"].format(color=COLORS[color]), SHAPES[shape]
+        shapes = [s for _, s in objects]
+        unique = [i for i, s in enumerate(shapes) if shapes.count(s) == 1]
+        if unique:
+            color, shape = objects[unique[int(rng.integers(len(unique)))]]
+            return objects, TEMPLATES["color"].format(shape=SHAPES[shape]), COLORS[color]
+
+
+@dataclass
+class ObjectStepBatch:
+    """One step's sequences: the prompt text around the video, each visual row's object (an
+    index into ``objects`` or -1), the objects' ``(colour, shape)``, the answer and the noise."""
+
+    before: list[list[int]]  # text ids up to and including the video's opening markers
+    after: list[list[int]]  # ``<|video_end|>`` and the prompt's text after the video
+    rows: torch.Tensor  # (B, visual_tokens) object index per row, -1 for none
+    objects: list[list[tuple[int, int]]]
+    targets: list[list[int]]  # answer ids and end of sequence
+    noise: torch.Tensor  # (B, visual_tokens, H), standard normal
+    templates: list[str]
+    questions: list[str]
+    answers: list[str]
+
+
+class ObjectTokenLM(nn.Module):
+    """The stage's trained module: the video LLM's LM (trained in place) and the loss of a batch."""
+
+    def __init__(self, model, noise: float) -> None:
+        super().__init__()
+        self.lm = model.lm
+        self.noise = noise
+        tokenizer = model.tokenizer
+
+        def word(text: str) -> list[int]:
+            return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
+        self._colors = [word(c) for c in COLORS]
+        self._shapes = [word(s) for s in SHAPES]
+
+    def _word_embeddings(self, ids: list[list[int]]) -> torch.Tensor:
+        """``(len(ids), H)``: each word's token embeddings, averaged."""
+        embed = self.lm.get_input_embeddings()
+        return torch.stack([embed(torch.tensor(w, device=embed.weight.device)).mean(0) for w in ids])
+
+    def forward(self, batch: ObjectStepBatch) -> tuple[torch.Tensor, dict]:
+        from vidllm.train.trainer import answer_accuracy, pad_answer_batch
+
+        embed = self.lm.get_input_embeddings()
+        device = embed.weight.device
+        colors, shapes = self._word_embeddings(self._colors), self._word_embeddings(self._shapes)
+        scale = self.noise * torch.cat([colors, shapes]).detach().std()
+        prompts = []
+        for i, objects in enumerate(batch.objects):
+            table = torch.stack([colors[c] + shapes[s] for c, s in objects])
+            index = batch.rows[i].to(device)
+            visual = torch.where(
+                (index >= 0)[:, None], table[index.clamp(min=0)], torch.zeros((), device=device)
+            )
+            visual = visual + scale * batch.noise[i].to(device)
+            before = embed(torch.tensor(batch.before[i], device=device))
+            after = embed(torch.tensor(batch.after[i], device=device))
+            prompts.append(torch.cat([before, visual, after]))
+        inputs, mask, labels = pad_answer_batch(prompts, batch.targets, embed)
+        out = self.lm(inputs_embeds=inputs, attention_mask=mask, labels=labels, use_cache=False)
+        right = answer_accuracy(out.logits, labels)
+        count = torch.tensor([t == "count" for t in batch.templates])
+        lm_loss = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
+        metrics = {
+            "lm_loss": float(lm_loss.detach()),
+            "answer_acc": float(right.float().mean()),
+            "count_acc": float(right[count].float().mean()) if count.any() else float("nan"),
+            "questions": len(prompts),
+        }
+        return out.loss, metrics
+
+
+def make_object_batch_fn(model, spec, *, seed: int, stage_seed: int):
+    """``(step, rank, world_size) -> ObjectStepBatch``, a pure function of its arguments: each
+    process draws its own ``spec.batch // world_size`` sequences."""
+    tokenizer = model.tokenizer
+    hidden = model.lm.get_input_embeddings().embedding_dim
+    markers = model.marker_ids
+    weights = np.array([float(spec.template_weights.get(t, 0.0)) for t in OBJECT_TEMPLATES])
+    probabilities = weights / weights.sum()
+    cache: dict[str, tuple[list[int], list[int]]] = {}
+    low, high = spec.tokens_per_object
+
+    def prompt_ids(question: str) -> tuple[list[int], list[int]]:
+        if question not in cache:
+            before, after = model.prompt_text_ids(question)
+            cache[question] = (
+                [*before, markers["start"], markers["slow"], markers["frame"]],
+                [markers["end"], *after],
+            )
+        return cache[question]
+
+    def batch_fn(step: int, rank: int, world_size: int) -> ObjectStepBatch:
+        rng = np.random.default_rng([seed, stage_seed, step, rank])
+        size = max(1, spec.batch // world_size)
+        before, after, objects, targets, templates, questions, answers = [], [], [], [], [], [], []
+        rows = torch.full((size, spec.visual_tokens), -1, dtype=torch.long)
+        for i in range(size):
+            template = OBJECT_TEMPLATES[int(rng.choice(len(OBJECT_TEMPLATES), p=probabilities))]
+            scene, question, answer = draw_question(rng, template)
+            slots = torch.from_numpy(rng.permutation(spec.visual_tokens))
+            used = 0
+            for k in range(len(scene)):
+                n = int(rng.integers(low, high + 1))
+                rows[i, slots[used : used + n]] = k
+                used += n
+            b, a = prompt_ids(question)
+            before.append(b)
+            after.append(a)
+            objects.append(scene)
+            targets.append(
+                [*tokenizer(" " + answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            )
+            templates.append(template)
+            questions.append(question)
+            answers.append(answer)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        noise = torch.randn(size, spec.visual_tokens, hidden, generator=generator)
+        return ObjectStepBatch(before, after, rows, objects, targets, noise, templates, questions, answers)
+
+    return batch_fn
+
+
+def _object_loss(module: nn.Module, batch: ObjectStepBatch, step: int):
+    return module(batch)
+
+
+def object_stage(preset, model, *, stage_seed: int) -> Stage:
+    """The stage :func:`vidllm.train.run_stage` trains: ``model``'s LM (in place) on made-up object
+    tokens, ``preset.objects`` giving its size."""
+    spec = preset.objects
+    module = ObjectTokenLM(model, spec.noise)
+    return Stage(
+        name="objects",
+        module=module,
+        param_groups=decay_groups(module.named_parameters(), spec.lr, spec.weight_decay),
+        steps=spec.steps,
+        batch_fn=make_object_batch_fn(model, spec, seed=preset.seed, stage_seed=stage_seed),
+        loss_fn=_object_loss,
+        warmup=spec.warmup,
+        metric_names=OBJECT_METRICS,
+    )
+
+
+__all__ = [
+    "OBJECT_TEMPLATES",
+    "ObjectStepBatch",
+    "ObjectTokenLM",
+    "draw_question",
+    "draw_scene",
+    "object_stage",
+]
