@@ -507,3 +507,45 @@ def test_object_stage_trains_the_lm_before_the_video_stage_and_resumes(tmp_path)
                   progress=False, run_validation=False)  # fmt: skip
     layouts = read_log(plain.output_dir / "video" / "log.csv")["layout"]
     assert read_log(tmp_path / "whole" / "video" / "log.csv")["layout"] == layouts
+
+
+def test_interleaved_object_sequences_train_beside_the_videos_and_share_the_attribute_head(tmp_path):
+    """``objects.interleave``: each video-stage step also trains on made-up sequences (their answer
+    loss, and their rows' colour, shape and same-shape count through the video stage's attribute
+    head), drawn from their own stream so the videos and layouts are the run's without them."""
+    from vidllm.data.synthetic import COLORS, SHAPES
+    from vidllm.model import VideoLLM
+    from vidllm.train.data import OBJECT_ATTRIBUTES
+    from vidllm.train.object_tokens import make_object_batch_fn, object_row_attributes
+    from vidllm.train.trainer import make_video_batch_fn
+
+    common = {"video.attribute_loss_weight": 0.25, "lora.steps": 0, "log_every": 1}
+    preset = get_preset("smoke", {**common, "objects.interleave": 4})
+    plain = train(get_preset("smoke", common), tmp_path / "plain", progress=False, run_validation=False)
+    result = train(preset, tmp_path / "mixed", progress=False, run_validation=False)
+    log = read_log(tmp_path / "mixed" / "video" / "log.csv")
+    assert all(math.isfinite(a) for a in log["object_acc"])
+    assert log["layout"] == read_log(plain.output_dir / "video" / "log.csv")["layout"]
+    assert result.stages["video"].status == "done"
+
+    model = VideoLLM.from_pretrained(result.model_dir)
+    wrapper = VideoLLMForTraining.from_spec(model, preset.video, preset.objects)
+    objects_fn = make_object_batch_fn(model, replace(preset.objects, batch=3), seed=0, stage_seed=5)
+    batch = make_video_batch_fn(model, preset, preset.video, stage_seed=2, objects_fn=objects_fn)(0, 0, 1)
+    assert len(batch.objects.objects) == 3
+    target = object_row_attributes(batch.objects, len(OBJECT_ATTRIBUTES), count=True).view(3, -1, 5)
+    for i, objects in enumerate(batch.objects.objects):
+        for k, (color, shape) in enumerate(objects):
+            rows = target[i, batch.objects.rows[i] == k]
+            same = sum(s == shape for _, s in objects) - 1
+            assert rows.tolist() == [[color, shape, -100, -100, same]] * len(rows)
+        none = target[i, batch.objects.rows[i] < 0]
+        assert none.tolist() == [[len(COLORS), len(SHAPES), -100, -100, -100]] * len(none)
+    metrics = {}
+    loss = wrapper._object_loss(batch.objects, metrics)
+    # answer and attribute terms each an average: a fresh model's loss is about their classes' logs
+    scale = math.log(len(model.tokenizer)) + sum(math.log(n) for n in OBJECT_ATTRIBUTES.values())
+    assert float(loss) < preset.objects.interleave_weight * 2 * scale
+    loss.backward()
+    assert math.isfinite(metrics["object_acc"])
+    assert wrapper.attribute_head.weight.grad.abs().sum() > 0

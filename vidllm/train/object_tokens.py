@@ -28,11 +28,13 @@ from torch import nn
 
 from vidllm.data.synthetic.questions import TEMPLATES
 from vidllm.data.synthetic.scene import COLORS, SHAPES, WorldConfig
+from vidllm.train.data import OBJECT_ATTRIBUTES
 from vidllm.train.loop import Stage, decay_groups
 
 OBJECT_TEMPLATES = ("color", "shape", "count")
 """The templates this stage asks: those answered from what each object is, not from its motion."""
 
+SAME_SHAPE_COUNT = list(OBJECT_ATTRIBUTES).index("same_shape_count")
 MAX_OBJECTS = WorldConfig().max_objects  # the world's most objects, so its largest count answer
 OBJECT_METRICS = ("lm_loss", "answer_acc", "count_acc", "questions")
 
@@ -88,33 +90,27 @@ class ObjectStepBatch:
     answers: list[str]
 
 
-class ObjectTokenLM(nn.Module):
-    """The stage's trained module: the video LLM's LM (trained in place) and the loss of a batch."""
+class ObjectWords:
+    """The LM's input embeddings of the colour and shape words, from which the made-up rows are
+    built (each word's token embeddings averaged)."""
 
-    def __init__(self, model, noise: float) -> None:
-        super().__init__()
-        self.lm = model.lm
-        self.noise = noise
-        tokenizer = model.tokenizer
-
+    def __init__(self, tokenizer) -> None:
         def word(text: str) -> list[int]:
             return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
 
-        self._colors = [word(c) for c in COLORS]
-        self._shapes = [word(s) for s in SHAPES]
+        self.colors = [word(c) for c in COLORS]
+        self.shapes = [word(s) for s in SHAPES]
 
-    def _word_embeddings(self, ids: list[list[int]]) -> torch.Tensor:
-        """``(len(ids), H)``: each word's token embeddings, averaged."""
-        embed = self.lm.get_input_embeddings()
+    @staticmethod
+    def _embed(embed: nn.Embedding, ids: list[list[int]]) -> torch.Tensor:
         return torch.stack([embed(torch.tensor(w, device=embed.weight.device)).mean(0) for w in ids])
 
-    def forward(self, batch: ObjectStepBatch) -> tuple[torch.Tensor, dict]:
-        from vidllm.train.trainer import answer_accuracy, pad_answer_batch
-
-        embed = self.lm.get_input_embeddings()
+    def prompts(self, embed: nn.Embedding, batch: ObjectStepBatch, noise: float) -> list[torch.Tensor]:
+        """Each sequence's prompt embeddings ``(L_i, H)``; its visual rows start at
+        ``len(batch.before[i])``."""
         device = embed.weight.device
-        colors, shapes = self._word_embeddings(self._colors), self._word_embeddings(self._shapes)
-        scale = self.noise * torch.cat([colors, shapes]).detach().std()
+        colors, shapes = self._embed(embed, self.colors), self._embed(embed, self.shapes)
+        scale = noise * torch.cat([colors, shapes]).detach().std()
         prompts = []
         for i, objects in enumerate(batch.objects):
             table = torch.stack([colors[c] + shapes[s] for c, s in objects])
@@ -126,17 +122,57 @@ class ObjectTokenLM(nn.Module):
             before = embed(torch.tensor(batch.before[i], device=device))
             after = embed(torch.tensor(batch.after[i], device=device))
             prompts.append(torch.cat([before, visual, after]))
-        inputs, mask, labels = pad_answer_batch(prompts, batch.targets, embed)
-        out = self.lm(inputs_embeds=inputs, attention_mask=mask, labels=labels, use_cache=False)
-        right = answer_accuracy(out.logits, labels)
-        count = torch.tensor([t == "count" for t in batch.templates])
-        lm_loss = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
-        metrics = {
-            "lm_loss": float(lm_loss.detach()),
-            "answer_acc": float(right.float().mean()),
-            "count_acc": float(right[count].float().mean()) if count.any() else float("nan"),
-            "questions": len(prompts),
-        }
+        return prompts
+
+
+def object_forward(lm: nn.Module, words: ObjectWords, batch: ObjectStepBatch, noise: float, **kwargs):
+    """The LM's output on ``batch`` (``kwargs`` go to the LM) and the stage's metrics."""
+    from vidllm.train.trainer import answer_accuracy, pad_answer_batch
+
+    embed = lm.get_input_embeddings()
+    prompts = words.prompts(embed, batch, noise)
+    inputs, mask, labels = pad_answer_batch(prompts, batch.targets, embed)
+    out = lm(inputs_embeds=inputs, attention_mask=mask, labels=labels, use_cache=False, **kwargs)
+    right = answer_accuracy(out.logits, labels)
+    count = torch.tensor([t == "count" for t in batch.templates])
+    lm_loss = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
+    metrics = {
+        "lm_loss": float(lm_loss.detach()),
+        "answer_acc": float(right.float().mean()),
+        "count_acc": float(right[count].float().mean()) if count.any() else float("nan"),
+        "questions": len(prompts),
+    }
+    return out, metrics
+
+
+def object_row_attributes(batch: ObjectStepBatch, columns: int, count: bool) -> torch.Tensor:
+    """``(B * visual_tokens, columns)`` targets of the video stage's attribute loss
+    (:func:`vidllm.train.data.attribute_columns`) for the made-up rows: colour and shape (their
+    "none" class on a row of no object), the same-shape count in the scene less one where
+    ``count``, the rest ignored (-100)."""
+    out = torch.full((*batch.rows.shape, columns), -100, dtype=torch.long)
+    out[..., 0], out[..., 1] = len(COLORS), len(SHAPES)
+    for i, objects in enumerate(batch.objects):
+        for k, (color, shape) in enumerate(objects):
+            on = batch.rows[i] == k
+            out[i, on, 0], out[i, on, 1] = color, shape
+            if count:
+                out[i, on, SAME_SHAPE_COUNT] = sum(s == shape for _, s in objects) - 1
+    return out.flatten(0, 1)
+
+
+class ObjectTokenLM(nn.Module):
+    """The object stage's trained module: the video LLM's LM (trained in place) and the loss of a
+    batch."""
+
+    def __init__(self, model, noise: float) -> None:
+        super().__init__()
+        self.lm = model.lm
+        self.noise = noise
+        self.words = ObjectWords(model.tokenizer)
+
+    def forward(self, batch: ObjectStepBatch) -> tuple[torch.Tensor, dict]:
+        out, metrics = object_forward(self.lm, self.words, batch, self.noise)
         return out.loss, metrics
 
 

@@ -172,6 +172,13 @@ class ObjectStageSpec:
     visual_tokens: int = 128
     tokens_per_object: list[int] = field(default_factory=lambda: [2, 12])
     noise: float = 0.5  # each row's noise, as a multiple of the word embeddings' spread
+    # Also in every video-stage step, beside its videos' questions: this many made-up sequences
+    # (0: none), their answer loss weighted ``interleave_weight``. With the video stage's attribute
+    # loss on, their rows are asked their colour, shape and same-shape count by the same head at
+    # the same layer as the visual tokens, so that what the LM learns to count on made-up rows is
+    # what it reads from real ones there.
+    interleave: int = 0
+    interleave_weight: float = 0.5
     # Relative weights of the templates asked (vidllm.train.object_tokens.OBJECT_TEMPLATES).
     template_weights: dict[str, float] = field(
         default_factory=lambda: {"count": 2.0, "color": 1.0, "shape": 1.0}

@@ -51,10 +51,18 @@ from vidllm.reducer import (
 )
 from vidllm.train.data import WITH_NONE, TrainVideo, attribute_columns, video_batch
 from vidllm.train.loop import Stage, StageResult, decay_groups, plot_loss_curves, run_stage
-from vidllm.train.presets import MIX_KEYS, LoRAStageSpec, Preset, VideoStageSpec, mix_settings
+from vidllm.train.presets import (
+    MIX_KEYS,
+    LoRAStageSpec,
+    ObjectStageSpec,
+    Preset,
+    VideoStageSpec,
+    mix_settings,
+)
 
 if TYPE_CHECKING:
     from vidllm.data.synthetic import Question, Scene
+    from vidllm.train.object_tokens import ObjectStepBatch
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,8 @@ VIDEO_METRICS = (
     "relevance_acc",
     "attribute_loss",
     "attribute_acc",
+    "object_acc",
+    "object_count_acc",
     "questions",
     "seq_len",
     "layout",
@@ -150,6 +160,7 @@ class VideoStepBatch:
     layout: ReducerConfig | UniformConfig
     layout_name: str
     selected: list[tuple[int, int]]  # (video, question) pairs trained on this step
+    objects: ObjectStepBatch | None = None  # made-up sequences beside them (objects.interleave)
 
 
 def _half_each(positive: torch.Tensor, total: int) -> torch.Tensor:
@@ -196,8 +207,12 @@ class VideoLLMForTraining(nn.Module):
     """
 
     @classmethod
-    def from_spec(cls, model, spec: VideoStageSpec) -> VideoLLMForTraining:
-        """The wrapper a video stage of ``spec`` trains (its auxiliary losses and their layers)."""
+    def from_spec(
+        cls, model, spec: VideoStageSpec, objects: ObjectStageSpec | None = None
+    ) -> VideoLLMForTraining:
+        """The wrapper a video stage of ``spec`` trains (its auxiliary losses and their layers),
+        with ``objects.interleave`` made-up sequences in each step."""
+        interleave = objects is not None and objects.interleave > 0
         return cls(
             model,
             freeze_tower_bn=spec.freeze_tower_bn,
@@ -209,6 +224,8 @@ class VideoLLMForTraining(nn.Module):
             attribute_count=spec.attribute_count,
             attribute_new_objects=spec.attribute_new_objects,
             question_weight=spec.question_loss_weight,
+            object_weight=objects.interleave_weight if interleave else 0.0,
+            object_noise=objects.noise if interleave else 0.0,
         )
 
     def __init__(
@@ -224,7 +241,11 @@ class VideoLLMForTraining(nn.Module):
         attribute_layer: int = 2,
         attribute_count: str = "scene",
         attribute_new_objects: bool = False,
+        object_weight: float = 0.0,
+        object_noise: float = 0.5,
     ) -> None:
+        from vidllm.train.object_tokens import ObjectWords
+
         super().__init__()
         self.model = model
         self.freeze_tower_bn = freeze_tower_bn
@@ -236,6 +257,8 @@ class VideoLLMForTraining(nn.Module):
         self.attribute_count = attribute_count
         self.attribute_new_objects = attribute_new_objects
         self.attribute_columns = attribute_columns(attribute_new_objects)
+        self.object_weight, self.object_noise = object_weight, object_noise
+        self.object_words = ObjectWords(model.tokenizer) if object_weight > 0 else None
         hidden = model.lm.get_input_embeddings().embedding_dim
         self.relevance_head = nn.Linear(hidden, 1) if relevance_weight > 0 else None
         if self.relevance_head is not None and not train_relevance_head:
@@ -391,8 +414,13 @@ class VideoLLMForTraining(nn.Module):
                 segments, count=self.attribute_count, new_objects=self.attribute_new_objects
             ),
         )
+        return self._attribute_terms(states, target)
+
+    def _attribute_terms(self, states: torch.Tensor, target: torch.Tensor):
+        """The attribute loss of hidden states ``(N, H)`` against their targets ``(N, columns)``
+        (:meth:`_attribute_loss`), and the share of object tokens right in every column."""
         logits = self.attribute_head(states).float().split(list(self.attribute_columns.values()), dim=-1)
-        on_object = target[:, WITH_NONE] != -100
+        on_object = target[:, 0] != self.attribute_columns["color"] - 1  # colour not "none"
         n_object = int(on_object.sum())
         weights = _half_each(on_object, len(target))
         loss = logits[0].new_zeros(())
@@ -465,7 +493,33 @@ class VideoLLMForTraining(nn.Module):
             attribute_loss, attribute_acc = self._attribute_loss(batch, layouts, out.hidden_states[layer])
             loss = loss + self.attribute_weight * attribute_loss
             metrics.update(attribute_loss=float(attribute_loss.detach()), attribute_acc=attribute_acc)
+        if batch.objects is not None and self.object_words is not None:
+            loss = loss + self._object_loss(batch.objects, metrics)
         return loss, metrics
+
+    def _object_loss(self, objects: ObjectStepBatch, metrics: dict[str, Any]) -> torch.Tensor:
+        """``object_weight`` times the made-up sequences' answer loss and, with the attribute loss
+        on, their rows' attribute loss from the same head (so made-up rows and visual tokens
+        share the layer it reads)."""
+        from vidllm.train.object_tokens import object_forward, object_row_attributes
+
+        attributes = self.attribute_head is not None
+        out, object_metrics = object_forward(
+            self.model.lm, self.object_words, objects, self.object_noise, output_hidden_states=attributes
+        )
+        metrics.update(object_acc=object_metrics["answer_acc"], object_count_acc=object_metrics["count_acc"])
+        loss = out.loss
+        if attributes:
+            hidden = out.hidden_states[min(self.attribute_layer, len(out.hidden_states) - 1)]
+            rows = objects.rows.shape[1]
+            states = torch.cat(
+                [hidden[i, len(before) : len(before) + rows] for i, before in enumerate(objects.before)]
+            )
+            target = object_row_attributes(
+                objects, len(self.attribute_columns), self.attribute_count == "scene"
+            )
+            loss = loss + self.attribute_weight * self._attribute_terms(states, target.to(states.device))[0]
+        return self.object_weight * loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,11 +542,11 @@ def _mix_layout(model, entry: dict[str, Any]) -> ReducerConfig | UniformConfig:
     return replace(layout, **settings) if settings else layout
 
 
-def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStageSpec, *,
-                        stage_seed: int, mix: list[dict[str, Any]] | None = None):  # fmt: skip
+def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStageSpec, *, stage_seed: int,
+                        mix: list[dict[str, Any]] | None = None, objects_fn=None):  # fmt: skip
     """``(step, rank, world_size) -> VideoStepBatch``: one layout per step drawn from ``mix`` (None:
     the stage's ``reducer_mix``), and as many questions as ``max_lm_tokens`` allows for that
-    layout's length."""
+    layout's length; ``objects_fn`` (same arguments) draws made-up sequences to go beside them."""
     spec = preset.video
     # the stage's own template weights and layouts (a LoRA stage's None: the video stage's)
     template_weights = spec.template_weights if stage.template_weights is None else stage.template_weights
@@ -529,13 +583,14 @@ def make_video_batch_fn(model, preset: Preset, stage: VideoStageSpec | LoRAStage
         order = [
             (v, q) for q in range(stage.questions) for v in range(len(items)) if q < len(items[v].questions)
         ]
-        return VideoStepBatch(items, layout, name, order[:limit])
+        objects = None if objects_fn is None else objects_fn(step, rank, world_size)
+        return VideoStepBatch(items, layout, name, order[:limit], objects)
 
     return batch_fn
 
 
 # Each stage's batches draw from their own stream (with the preset's seed and the step)
-STAGE_SEEDS = {"video": 2, "lora": 3, "objects": 4}
+STAGE_SEEDS = {"video": 2, "lora": 3, "objects": 4, "interleaved": 5}
 
 
 def _video_loss(module: nn.Module, batch: VideoStepBatch, step: int):
@@ -560,7 +615,17 @@ def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
         *decay_groups(rest, spec.lr, spec.weight_decay),
         *decay_groups(model.tower.named_parameters(), spec.tower_lr, spec.weight_decay),
     ]
-    batch_fn = make_video_batch_fn(model, preset, spec, stage_seed=STAGE_SEEDS["video"])
+    objects_fn = None
+    if preset.objects.interleave > 0:
+        from vidllm.train.object_tokens import make_object_batch_fn
+
+        objects = replace(preset.objects, batch=preset.objects.interleave)
+        objects_fn = make_object_batch_fn(
+            model, objects, seed=preset.seed, stage_seed=STAGE_SEEDS["interleaved"]
+        )
+    batch_fn = make_video_batch_fn(
+        model, preset, spec, stage_seed=STAGE_SEEDS["video"], objects_fn=objects_fn
+    )
     return Stage(
         name="video",
         module=wrapper,
@@ -879,7 +944,7 @@ def _train(preset: Preset, output_dir: Path, max_minutes: float | None, export_d
 
     torch.manual_seed(preset.seed + 1)
     model = build_video_llm(preset, tokenizer, dual)
-    wrapper = VideoLLMForTraining.from_spec(model, preset.video)
+    wrapper = VideoLLMForTraining.from_spec(model, preset.video, preset.objects)
     if preset.objects.steps > 0:
         from vidllm.train.object_tokens import object_stage
 
