@@ -1,11 +1,13 @@
-"""Stage 1b (optional): the LM alone on made-up object tokens, before the video stage.
+"""Made-up object tokens for the LM: beside every video-stage step (``objects.interleave``, the
+default recipe's since v33), or as a stage of their own before it (``objects.steps``, which v32
+found to set the video stage back).
 
 Counting the objects of a shape is the skill the LM learns slowest: handed clean object tokens, a
 fresh LM of the default size needs about 40,000 count questions to answer 90% of them
 (``scripts/count_probe.py``, docs/training_runs.md "Counting is slow to learn even from clean
 tokens"), where the video stage asks about 6,700, each at the cost of a whole video's tower and
-LM passes. This stage gives the LM that practice before it sees a video, at the cost of short LM
-passes only: each sequence is the video LLM's prompt (the real template, tokenizer and markers:
+LM passes. These sequences give the LM that practice at the cost of short LM passes only: each
+sequence is the video LLM's prompt (the real template, tokenizer and markers:
 the question, ``<|video_start|>``, visual rows, ``<|video_end|>``, the question again) and the
 answer, whose visual rows are made up. Each object of a drawn scene is shown by a few rows, each
 the LM's own input embeddings of the object's colour word and shape word summed, plus noise; the

@@ -160,9 +160,10 @@ class VideoStageSpec:
 
 @dataclass
 class ObjectStageSpec:
-    """Stage 1b (optional, before the video stage): the LM alone on prompts whose visual rows are
-    made up from its own colour and shape word embeddings (:mod:`vidllm.train.object_tokens`):
-    cheap practice at reading and counting objects. 0 steps: off."""
+    """Prompts whose visual rows are made up from the LM's own colour and shape word embeddings
+    (:mod:`vidllm.train.object_tokens`): cheap practice at reading and counting objects, as a
+    stage of ``steps`` before the video stage (0: none) and/or ``interleave`` sequences beside
+    every video-stage step (the default recipe's)."""
 
     steps: int = 0
     batch: int = 32

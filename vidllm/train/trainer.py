@@ -4,7 +4,8 @@ The pipeline of ``vidllm train --preset NAME`` (:func:`train`), every stage resu
 
 0. the tokenizer (:mod:`vidllm.train.tokenizer`), saved first so a resumed run reuses it;
 1. the relevance scorer (:mod:`vidllm.train.scorer_training`);
-1b. optionally the LM alone on made-up object tokens (:mod:`vidllm.train.object_tokens`);
+1b. optionally the LM alone on made-up object tokens (:mod:`vidllm.train.object_tokens`;
+   the default recipe instead puts such sequences beside every video-stage step);
 2. the video LLM: vision tower (initialised from the scorer's image backbone, trainable),
    projector and LM, trained on the answer tokens only. The forward pass is the inference path
    of :meth:`vidllm.model.VideoLLM.prepare` with gradients: the same tower, scorer, reducer
