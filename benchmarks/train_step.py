@@ -10,7 +10,10 @@ attention backward slowly), so the recorded training time moves with the machine
 - ``bf16+fp32-attention``: autocast, with the LM's attention computed in float32
   (``Preset.fp32_attention``, ``vidllm.lm.training.float32_attention``);
 - with ``--against REV``, also ``bf16`` on the code of git revision ``REV`` (checked out in a
-  temporary worktree): what a change to the code saved, on the same batches and weights.
+  temporary worktree): what a change to the code saved, on the same batches and weights;
+- with ``--set KEY=VALUE``, also ``fp32`` (the default preset's precision) with that preset field
+  overridden: what a part of the recipe costs (``--set objects.interleave=0``: the video stage
+  without its made-up object sequences).
 
 Each variant runs in its own worker process, and the workers take turns: each round runs one step
 of every variant on the same batch (the preset's own batches, steps ``--first-step`` on), from
@@ -36,6 +39,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
 PRECISIONS = {  # name: (autocast, attention in float32)
     "fp32": (False, False),
     "bf16": (True, False),
@@ -43,8 +47,9 @@ PRECISIONS = {  # name: (autocast, attention in float32)
 }
 
 
-def build_stage(name: str, fp32_attention: bool):
-    """Stage ``name`` of the default preset, its model at its initialisation (the shipped tokenizer)."""
+def build_stage(name: str, fp32_attention: bool, overrides: dict | None = None):
+    """Stage ``name`` of the default preset (with ``overrides``), its model at its initialisation
+    (the shipped tokenizer)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -53,7 +58,7 @@ def build_stage(name: str, fp32_attention: bool):
     from vidllm.train.scorer_training import build_dual_encoder, scorer_stage
     from vidllm.train.trainer import VideoLLMForTraining, build_video_llm, video_stage
 
-    preset = get_preset("default")
+    preset = get_preset("default", overrides)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("default") / "lm")
     torch.manual_seed(preset.seed)
     dual = build_dual_encoder(preset, tokenizer)
@@ -66,10 +71,10 @@ def build_stage(name: str, fp32_attention: bool):
         from vidllm.lm.training import register_float32_attention
 
         model.lm.config._attn_implementation = register_float32_attention()
-    return video_stage(preset, VideoLLMForTraining.from_spec(model, preset.video))
+    return video_stage(preset, VideoLLMForTraining.from_spec(model, preset.video, preset.objects))
 
 
-def worker(stage_name: str, precision: str, threads: int | None) -> None:
+def worker(stage_name: str, precision: str, threads: int | None, overrides: dict) -> None:
     """Run the steps named on stdin as ``vidllm.train.loop.run_stage`` does, one JSON line each."""
     import torch
 
@@ -78,7 +83,7 @@ def worker(stage_name: str, precision: str, threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
     autocast, fp32_attention = PRECISIONS[precision]
-    stage = build_stage(stage_name, fp32_attention)
+    stage = build_stage(stage_name, fp32_attention, overrides)
     module = stage.module.train()
     optimizer = torch.optim.AdamW(stage.param_groups)
     trainable = [p for g in stage.param_groups for p in g["params"] if p.requires_grad]
@@ -105,9 +110,13 @@ def worker(stage_name: str, precision: str, threads: int | None) -> None:
 
 
 class Worker:
-    def __init__(self, stage: str, precision: str, tree: Path, threads: int | None):
+    def __init__(
+        self, stage: str, precision: str, tree: Path, threads: int | None, overrides: dict | None = None
+    ):
         env = {**os.environ, "PYTHONPATH": str(tree)}
         command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--worker", precision]
+        if overrides:
+            command += ["--worker-overrides", json.dumps(overrides)]
         if threads:
             command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, cwd=tree, env=env, stdin=subprocess.PIPE,
@@ -145,16 +154,24 @@ def main() -> None:
         "--precisions", default=",".join(PRECISIONS), help="comma-separated, of: " + ", ".join(PRECISIONS)
     )
     parser.add_argument("--against", metavar="REV", help="also time bf16 on the code of this git revision")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="also time fp32 with this preset field overridden (repeatable: "
+                        "one more variant each), e.g. objects.interleave=0")  # fmt: skip
     parser.add_argument("--worker", choices=list(PRECISIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.stage, args.worker, args.threads)
+        worker(args.stage, args.worker, args.threads, json.loads(args.worker_overrides))
         return
 
     from vidllm._system import cpu_info
 
     with contextlib.ExitStack() as stack:
-        variants = {name: (REPO, name) for name in args.precisions.split(",")}
+        variants = {name: (REPO, name, None) for name in args.precisions.split(",")}
+        from vidllm.commands.train import parse_override
+
+        for key, value in map(parse_override, args.overrides):
+            variants[f"fp32, {key}={json.dumps(value)}"] = (REPO, "fp32", {key: value})
         if args.against:
             tree = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "tree"
             git = ["git", "-C", str(REPO), "worktree"]
@@ -162,10 +179,10 @@ def main() -> None:
                 [*git, "add", "--detach", str(tree), args.against], check=True, capture_output=True
             )
             stack.callback(subprocess.run, [*git, "remove", "--force", str(tree)], check=True)
-            variants[f"{args.against}: bf16"] = (tree, "bf16")
+            variants[f"{args.against}: bf16"] = (tree, "bf16", None)
         workers = {}
-        for name, (tree, precision) in variants.items():
-            workers[name] = Worker(args.stage, precision, tree, args.threads)
+        for name, (tree, precision, overrides) in variants.items():
+            workers[name] = Worker(args.stage, precision, tree, args.threads, overrides)
             stack.callback(workers[name].close)
         times: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         for r in range(args.warmup + args.rounds):
