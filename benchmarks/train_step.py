@@ -58,7 +58,7 @@ def build_stage(name: str, fp32_attention: bool, overrides: dict | None = None):
     from vidllm.train.scorer_training import build_dual_encoder, scorer_stage
     from vidllm.train.trainer import VideoLLMForTraining, build_video_llm, video_stage
 
-    preset = get_preset("default", overrides)
+    preset = get_preset("default", overrides or None)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("default") / "lm")
     torch.manual_seed(preset.seed)
     dual = build_dual_encoder(preset, tokenizer)
@@ -71,7 +71,9 @@ def build_stage(name: str, fp32_attention: bool, overrides: dict | None = None):
         from vidllm.lm.training import register_float32_attention
 
         model.lm.config._attn_implementation = register_float32_attention()
-    return video_stage(preset, VideoLLMForTraining.from_spec(model, preset.video, preset.objects))
+    # a revision before the made-up object sequences (--against) has no ``preset.objects``
+    objects = (preset.objects,) if hasattr(preset, "objects") else ()
+    return video_stage(preset, VideoLLMForTraining.from_spec(model, preset.video, *objects))
 
 
 def worker(stage_name: str, precision: str, threads: int | None, overrides: dict) -> None:
