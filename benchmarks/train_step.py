@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
 PRECISIONS = {  # name: (autocast, attention in float32)
     "fp32": (False, False),
     "bf16": (True, False),
@@ -167,11 +166,10 @@ def main() -> None:
         return
 
     from vidllm._system import cpu_info
+    from vidllm.commands.train import parse_override
 
     with contextlib.ExitStack() as stack:
         variants = {name: (REPO, name, None) for name in args.precisions.split(",")}
-        from vidllm.commands.train import parse_override
-
         for key, value in map(parse_override, args.overrides):
             variants[f"fp32, {key}={json.dumps(value)}"] = (REPO, "fp32", {key: value})
         if args.against:

@@ -22,6 +22,7 @@ uniform over 0-4, colours distinct within a scene.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,17 +187,16 @@ def make_object_batch_fn(model, spec, *, seed: int, stage_seed: int):
     markers = model.marker_ids
     weights = np.array([float(spec.template_weights.get(t, 0.0)) for t in OBJECT_TEMPLATES])
     probabilities = weights / weights.sum()
-    cache: dict[str, tuple[list[int], list[int]]] = {}
     low, high = spec.tokens_per_object
 
+    @functools.cache
     def prompt_ids(question: str) -> tuple[list[int], list[int]]:
-        if question not in cache:
-            before, after = model.prompt_text_ids(question)
-            cache[question] = (
-                [*before, markers["start"], markers["slow"], markers["frame"]],
-                [markers["end"], *after],
-            )
-        return cache[question]
+        before, after = model.prompt_text_ids(question)
+        return [*before, markers["start"], markers["slow"], markers["frame"]], [markers["end"], *after]
+
+    @functools.cache
+    def target_ids(answer: str) -> list[int]:
+        return [*tokenizer(" " + answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
 
     def batch_fn(step: int, rank: int, world_size: int) -> ObjectStepBatch:
         rng = np.random.default_rng([seed, stage_seed, step, rank])
@@ -216,9 +216,7 @@ def make_object_batch_fn(model, spec, *, seed: int, stage_seed: int):
             before.append(b)
             after.append(a)
             objects.append(scene)
-            targets.append(
-                [*tokenizer(" " + answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-            )
+            targets.append(target_ids(answer))
             templates.append(template)
             questions.append(question)
             answers.append(answer)
@@ -251,10 +249,15 @@ def object_stage(preset, model, *, stage_seed: int) -> Stage:
 
 
 __all__ = [
+    "MAX_OBJECTS",
     "OBJECT_TEMPLATES",
     "ObjectStepBatch",
     "ObjectTokenLM",
+    "ObjectWords",
     "draw_question",
     "draw_scene",
+    "make_object_batch_fn",
+    "object_forward",
+    "object_row_attributes",
     "object_stage",
 ]
