@@ -420,19 +420,24 @@ def test_float32_attention_under_bf16_autocast(tmp_path, monkeypatch):
     assert dtypes == {True: {torch.float32}, False: {torch.bfloat16}}
 
 
-@pytest.mark.parametrize("template", ["color", "shape", "count"])
+@pytest.mark.parametrize("template", ["color", "shape", "count", "first"])
 def test_object_questions_are_posed_as_the_world_poses_them(template):
-    """The object stage's questions (vidllm.train.object_tokens): the world's template text, colours
-    distinct, a colour question about a shape the scene holds once, count answers over 0-4."""
-    from vidllm.data.synthetic import COLORS, SHAPES, TEMPLATES
-    from vidllm.train.object_tokens import MAX_OBJECTS, draw_question
+    """The made-up sequences' questions (vidllm.train.object_tokens): the world's template text,
+    colours distinct, every object on ``tokens_per_object`` rows, a colour question about a shape
+    the scene holds once, count answers over 0-4, and a "first" question about two of the scene's
+    objects whose first rows are the world's ``first_gap`` apart, answered by the earlier."""
+    from vidllm.data.synthetic import COLORS, SHAPES, TEMPLATES, WorldConfig
+    from vidllm.train.object_tokens import MAX_OBJECTS, draw_sequence
 
     rng = np.random.default_rng(0)
     answers = set()
     for _ in range(300):
-        objects, question, answer = draw_question(rng, template)
+        objects, rows, question, answer = draw_sequence(rng, template, 96, [2, 12])
         assert 1 <= len(objects) <= MAX_OBJECTS
         assert len({c for c, _ in objects}) == len(objects)
+        shown = torch.bincount(rows[rows >= 0], minlength=len(objects))
+        assert len(shown) == len(objects)
+        assert bool(((shown >= 2) & (shown <= 12)).all())
         names = [(COLORS[c], SHAPES[s]) for c, s in objects]
         if template == "count":
             shape = next(s for s in SHAPES if question == TEMPLATES["count"].format(shape=s))
@@ -440,12 +445,23 @@ def test_object_questions_are_posed_as_the_world_poses_them(template):
         elif template == "color":
             shape = next(s for s in SHAPES if question == TEMPLATES["color"].format(shape=s))
             assert [c for c, s in names if s == shape] == [answer]
-        else:
+        elif template == "shape":
             color = next(c for c in COLORS if question == TEMPLATES["shape"].format(color=c))
             assert [s for c, s in names if c == color] == [answer]
+        else:
+            first = {f"{c} {s}": int((rows == k).nonzero()[0]) for k, (c, s) in enumerate(names)}
+            a, b = next(
+                (x, y) for x in first for y in first if question == TEMPLATES["first"].format(a=x, b=y)
+            )
+            assert answer in (a, b)
+            assert a != b
+            late = b if answer == a else a
+            assert first[late] - first[answer] >= WorldConfig().first_gap * 96
         answers.add(answer)
     if template == "count":
         assert answers == {str(k) for k in range(MAX_OBJECTS + 1)}
+    if template == "first":
+        assert len(answers) > 20
 
 
 def test_object_batches_lay_out_the_prompt_with_each_objects_rows():

@@ -34,11 +34,15 @@ from vidllm.data.synthetic.scene import COLORS, SHAPES, WorldConfig
 from vidllm.train.data import OBJECT_ATTRIBUTES
 from vidllm.train.loop import Stage, decay_groups
 
-OBJECT_TEMPLATES = ("color", "shape", "count")
-"""The templates this stage asks: those answered from what each object is, not from its motion."""
+PLACE_FREE_TEMPLATES = ("color", "shape", "count")
+"""The templates answered from what each object is, wherever its rows are."""
+OBJECT_TEMPLATES = (*PLACE_FREE_TEMPLATES, "first")
+"""The templates these sequences ask: those not answered from motion; "first" from the order of
+rows laid out in time."""
 
 SAME_SHAPE_COUNT = list(OBJECT_ATTRIBUTES).index("same_shape_count")
 MAX_OBJECTS = WorldConfig().max_objects  # the world's most objects, so its largest count answer
+FIRST_GAP = WorldConfig().first_gap  # the least gap between the entries a "first" question compares
 OBJECT_METRICS = ("lm_loss", "answer_acc", "count_acc", "questions")
 
 
@@ -57,7 +61,7 @@ def draw_scene(rng: np.random.Generator, count: int | None = None) -> list[tuple
 
 
 def draw_question(rng: np.random.Generator, template: str) -> tuple[list[tuple[int, int]], str, str]:
-    """``(objects, question, answer)`` for one of :data:`OBJECT_TEMPLATES`, well posed as the
+    """``(objects, question, answer)`` for one of :data:`PLACE_FREE_TEMPLATES`, well posed as the
     world poses it: a colour question names a shape the scene holds once."""
     if template == "count":
         answer = int(rng.integers(0, MAX_OBJECTS + 1))
@@ -75,6 +79,81 @@ def draw_question(rng: np.random.Generator, template: str) -> tuple[list[tuple[i
         if unique:
             color, shape = objects[unique[int(rng.integers(len(unique)))]]
             return objects, TEMPLATES["color"].format(shape=SHAPES[shape]), COLORS[color]
+
+
+def lay_out_anywhere(
+    rng: np.random.Generator, num_objects: int, visual_tokens: int, tokens_per_object: list[int]
+) -> torch.Tensor:
+    """``(visual_tokens,)`` object index per row (-1: none): each object on ``tokens_per_object``
+    rows at random places."""
+    rows = torch.full((visual_tokens,), -1, dtype=torch.long)
+    slots = torch.from_numpy(rng.permutation(visual_tokens))
+    used = 0
+    for k in range(num_objects):
+        n = int(rng.integers(tokens_per_object[0], tokens_per_object[1] + 1))
+        rows[slots[used : used + n]] = k
+        used += n
+    return rows
+
+
+def lay_out_in_time(
+    rng: np.random.Generator, num_objects: int, visual_tokens: int, tokens_per_object: list[int]
+) -> torch.Tensor:
+    """``(visual_tokens,)`` object index per row (-1: none), the rows read as time, as the fast
+    path's frames are laid out: object ``k`` enters ``k``-th, at a random row, and its
+    ``tokens_per_object`` rows are its first free row there and others at random in its window (the
+    rows from its entry to a random exit; or the first free rows after its entry, should those be
+    too few). Entries stop early enough that every object finds its rows after its entry."""
+    low, high = tokens_per_object
+    rows = torch.full((visual_tokens,), -1, dtype=torch.long)
+    last_entry = visual_tokens - high * MAX_OBJECTS
+    entries = np.sort(rng.integers(0, last_entry + 1, size=num_objects))
+    for k, entry in enumerate(entries.tolist()):
+        n = int(rng.integers(low, high + 1))
+        exit_ = int(rng.integers(entry + high, visual_tokens + 1))
+        free = (rows[entry:] < 0).nonzero().flatten() + entry
+        window = free[free < exit_]
+        candidates = window if len(window) >= n else free[:n]
+        rest = candidates[1:][torch.from_numpy(rng.permutation(len(candidates) - 1)[: n - 1])]
+        rows[candidates[0]] = k
+        rows[rest] = k
+    return rows
+
+
+def draw_first_question(
+    rng: np.random.Generator, visual_tokens: int, tokens_per_object: list[int]
+) -> tuple[list[tuple[int, int]], torch.Tensor, str, str]:
+    """``(objects, rows, question, answer)`` of a "which appears first" question on rows laid out
+    in time (:func:`lay_out_in_time`), well posed as the world poses it: two objects of the scene,
+    whose first rows are at least the world's ``first_gap`` of the rows apart, named in random
+    order; the answer names the one whose first row comes first."""
+    gap = FIRST_GAP * visual_tokens
+    while True:
+        objects = draw_scene(rng)
+        if len(objects) < 2:
+            continue
+        rows = lay_out_in_time(rng, len(objects), visual_tokens, tokens_per_object)
+        first = [int((rows == k).nonzero()[0]) for k in range(len(objects))]
+        pairs = [
+            (a, b) for a in range(len(objects)) for b in range(len(objects)) if first[b] - first[a] >= gap
+        ]
+        if not pairs:
+            continue
+        early, late = pairs[int(rng.integers(len(pairs)))]
+        names = [f"{COLORS[c]} {SHAPES[s]}" for c, s in objects]
+        a, b = (early, late) if rng.random() < 0.5 else (late, early)
+        return objects, rows, TEMPLATES["first"].format(a=names[a], b=names[b]), names[early]
+
+
+def draw_sequence(
+    rng: np.random.Generator, template: str, visual_tokens: int, tokens_per_object: list[int]
+) -> tuple[list[tuple[int, int]], torch.Tensor, str, str]:
+    """``(objects, rows, question, answer)`` of one made-up sequence asking ``template``: its
+    objects, each row's object (-1: none), the question and the answer."""
+    if template == "first":
+        return draw_first_question(rng, visual_tokens, tokens_per_object)
+    objects, question, answer = draw_question(rng, template)
+    return objects, lay_out_anywhere(rng, len(objects), visual_tokens, tokens_per_object), question, answer
 
 
 @dataclass
@@ -187,7 +266,6 @@ def make_object_batch_fn(model, spec, *, seed: int, stage_seed: int):
     markers = model.marker_ids
     weights = np.array([float(spec.template_weights.get(t, 0.0)) for t in OBJECT_TEMPLATES])
     probabilities = weights / weights.sum()
-    low, high = spec.tokens_per_object
 
     @functools.cache
     def prompt_ids(question: str) -> tuple[list[int], list[int]]:
@@ -205,13 +283,9 @@ def make_object_batch_fn(model, spec, *, seed: int, stage_seed: int):
         rows = torch.full((size, spec.visual_tokens), -1, dtype=torch.long)
         for i in range(size):
             template = OBJECT_TEMPLATES[int(rng.choice(len(OBJECT_TEMPLATES), p=probabilities))]
-            scene, question, answer = draw_question(rng, template)
-            slots = torch.from_numpy(rng.permutation(spec.visual_tokens))
-            used = 0
-            for k in range(len(scene)):
-                n = int(rng.integers(low, high + 1))
-                rows[i, slots[used : used + n]] = k
-                used += n
+            scene, rows[i], question, answer = draw_sequence(
+                rng, template, spec.visual_tokens, spec.tokens_per_object
+            )
             b, a = prompt_ids(question)
             before.append(b)
             after.append(a)
@@ -254,8 +328,12 @@ __all__ = [
     "ObjectStepBatch",
     "ObjectTokenLM",
     "ObjectWords",
+    "draw_first_question",
     "draw_question",
     "draw_scene",
+    "draw_sequence",
+    "lay_out_anywhere",
+    "lay_out_in_time",
     "make_object_batch_fn",
     "object_forward",
     "object_row_attributes",
