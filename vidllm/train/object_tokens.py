@@ -11,13 +11,15 @@ sequence is the video LLM's prompt (the real template, tokenizer and markers:
 the question, ``<|video_start|>``, visual rows, ``<|video_end|>``, the question again) and the
 answer, whose visual rows are made up. Each object of a drawn scene is shown by a few rows, each
 the LM's own input embeddings of the object's colour word and shape word summed, plus noise; the
-other rows are noise alone; the objects' rows lie at random places among them.
+other rows are noise alone. The objects' rows lie at random places among them, except for a
+"which appears first" question, whose rows read as time, as the fast path lays out its frames:
+the objects enter one after another and the answer is the one of the two asked that enters first.
 
 The rows are built from the LM's word embeddings so that what the LM learns to read here is a
 place the video stage's projector can map the tower's features to: the words the questions and
 answers use. Questions are drawn as the world asks them (``What color is the {shape}?``, ``What
-shape is the {color} object?``, ``How many {shape}s appear in the video?``), count answers
-uniform over 0-4, colours distinct within a scene.
+shape is the {color} object?``, ``How many {shape}s appear in the video?``, ``Which appears
+first, the {a} or the {b}?``), count answers uniform over 0-4, colours distinct within a scene.
 """
 
 from __future__ import annotations
