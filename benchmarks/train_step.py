@@ -18,9 +18,10 @@ attention backward slowly), so the recorded training time moves with the machine
 Each variant runs in its own worker process, and the workers take turns: each round runs one step
 of every variant on the same batch (the preset's own batches, steps ``--first-step`` on), from
 the same initial weights, one process at a time. The median per variant is printed with its
-ratio to this tree's ``bf16``, and the split into forward, backward and optimiser step. The model
-is the default preset's architecture with its initial weights (the shipped tokenizer, no training
-before): the cost of a step does not depend on the weights.
+ratio to this tree's ``bf16`` (to the first precision timed, when ``bf16`` is not), and the split
+into forward, backward and optimiser step. The model is the default preset's architecture with
+its initial weights (the shipped tokenizer, no training before): the cost of a step does not
+depend on the weights.
 
 Run: ``python benchmarks/train_step.py [--rounds R] [--threads N] [--against REV]``.
 """
@@ -197,10 +198,12 @@ def main() -> None:
           f"{args.first_step + args.warmup + args.rounds - 1}; CPU: {cpu['model']} (torch ISA {cpu['isa']}; "
           f"flags {' '.join(cpu['flags']) or '-'}), {threads} threads; median per step")  # fmt: skip
     parts = ("batch", "forward", "backward", "optimiser")
-    print("| variant | step (s) | " + " | ".join(parts) + " | step / bf16 step | loss, last round |")
+    # the ratio's base: this tree's bf16, or the first precision timed when bf16 is not
+    base_name = "bf16" if "bf16" in times else next(iter(times))
+    print(f"| variant | step (s) | {' | '.join(parts)} | step / {base_name} step | loss, last round |")
     print("|---|---|" + "---|" * len(parts) + "---|---|")
     step_time = lambda rows: statistics.median(sum(t[k] for k in parts) for t in rows)
-    base = step_time(times["bf16"])
+    base = step_time(times[base_name])
     for name, rows in times.items():
         medians = " | ".join(f"{statistics.median(t[k] for t in rows):.3f}" for k in parts)
         print(
