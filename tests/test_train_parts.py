@@ -516,6 +516,11 @@ def test_preset_overrides():
     ):
         with pytest.raises(ValueError, match=key):
             get_preset("default", {key: value})
+    # "first" needs room for its objects' entries before the last rows
+    first = {"objects.template_weights": {"count": 1.0, "first": 1.0}}
+    assert get_preset("default", first).objects.template_weights["first"] == 1.0
+    with pytest.raises(ValueError, match="first gap"):
+        get_preset("default", {**first, "objects.visual_tokens": 64})
     with pytest.raises(KeyError, match="unknown preset"):
         get_preset("nope")
     assert math.isclose(sum(e["weight"] for e in PRESETS["default"].video.reducer_mix), 1.0)

@@ -325,6 +325,7 @@ def object_stage(preset, model, *, stage_seed: int) -> Stage:
 
 
 __all__ = [
+    "FIRST_GAP",
     "MAX_OBJECTS",
     "OBJECT_TEMPLATES",
     "ObjectStepBatch",
