@@ -98,6 +98,12 @@ def lay_out_anywhere(
     return rows
 
 
+def last_entry_row(visual_tokens: int, tokens_per_object: list[int]) -> int:
+    """The last row at which :func:`lay_out_in_time` lets an object enter: late enough that every
+    object still finds its rows after its entry, whatever the others took."""
+    return visual_tokens - tokens_per_object[1] * MAX_OBJECTS
+
+
 def lay_out_in_time(
     rng: np.random.Generator, num_objects: int, visual_tokens: int, tokens_per_object: list[int]
 ) -> torch.Tensor:
@@ -108,8 +114,7 @@ def lay_out_in_time(
     too few). Entries stop early enough that every object finds its rows after its entry."""
     low, high = tokens_per_object
     rows = torch.full((visual_tokens,), -1, dtype=torch.long)
-    last_entry = visual_tokens - high * MAX_OBJECTS
-    entries = np.sort(rng.integers(0, last_entry + 1, size=num_objects))
+    entries = np.sort(rng.integers(0, last_entry_row(visual_tokens, tokens_per_object) + 1, size=num_objects))
     for k, entry in enumerate(entries.tolist()):
         n = int(rng.integers(low, high + 1))
         exit_ = int(rng.integers(entry + high, visual_tokens + 1))
@@ -335,6 +340,7 @@ __all__ = [
     "draw_question",
     "draw_scene",
     "draw_sequence",
+    "last_entry_row",
     "lay_out_anywhere",
     "lay_out_in_time",
     "make_object_batch_fn",

@@ -470,7 +470,7 @@ def mix_settings(entry: dict[str, Any], reducer: dict[str, Any]) -> dict[str, An
 
 
 def _check_object_stage(spec: ObjectStageSpec) -> None:
-    from vidllm.train.object_tokens import FIRST_GAP, MAX_OBJECTS, OBJECT_TEMPLATES
+    from vidllm.train.object_tokens import FIRST_GAP, MAX_OBJECTS, OBJECT_TEMPLATES, last_entry_row
 
     unknown = sorted(set(spec.template_weights) - set(OBJECT_TEMPLATES))
     if unknown or sum(spec.template_weights.values()) <= 0 or min(spec.template_weights.values()) < 0:
@@ -484,9 +484,9 @@ def _check_object_stage(spec: ObjectStageSpec) -> None:
             f"objects.tokens_per_object must be 1 <= min <= max with max * {MAX_OBJECTS} <= "
             f"objects.visual_tokens ({spec.visual_tokens}), got {spec.tokens_per_object}"
         )
-    # "first" lays rows out in time, entries up to ``visual_tokens - max * MAX_OBJECTS``
-    # (object_tokens.lay_out_in_time): room for two entries first_gap of the rows apart, twice
-    entries = spec.visual_tokens - high * MAX_OBJECTS
+    # "first" lays rows out in time (object_tokens.lay_out_in_time), objects entering at rows up to
+    # last_entry_row: room for two entries first_gap of the rows apart, twice
+    entries = last_entry_row(spec.visual_tokens, spec.tokens_per_object)
     if spec.template_weights.get("first", 0) > 0 and entries < 2 * FIRST_GAP * spec.visual_tokens:
         raise ValueError(
             f"objects.template_weights asks 'first', whose objects enter in the rows before the last "
