@@ -43,7 +43,7 @@ from vidllm.train.data import (
     video_item,
     yuv420_roundtrip,
 )
-from vidllm.train.loop import _truncate_log, lr_factor, read_log
+from vidllm.train.loop import Stage, _truncate_log, lr_factor, read_log, run_stage
 from vidllm.train.presets import PRESETS, Preset, get_preset
 from vidllm.train.tokenizer import train_tokenizer, world_corpus
 
@@ -458,6 +458,61 @@ def test_a_time_limit_on_one_process_stops_every_process_after_the_same_step(tmp
     results = [json.loads((tmp_path / "stage" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results == [{"status": "stopped", "step": 1}] * 2
     assert [p.name for p in (tmp_path / "stage" / "checkpoints").iterdir()] == ["step_000001"]
+
+
+def _regression_stage(ema_decay: float = 0.0, weights: list | None = None) -> Stage:
+    """A linear regression trained for 30 steps; ``weights`` collects the weights before each step."""
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 1)
+    target = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+
+    def batch_fn(step, rank, world):
+        return torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+
+    def record(m, step):
+        if weights is not None:
+            weights.append([p.detach().clone() for p in m.parameters()])
+
+    return Stage(
+        name="regression", module=module, param_groups=[{"params": list(module.parameters()), "lr": 0.05}],
+        steps=30, batch_fn=batch_fn, loss_fn=lambda m, x, step: ((m(x) - x @ target.T).square().mean(), {}),
+        on_step=record, ema_decay=ema_decay,
+    )  # fmt: skip
+
+
+def test_a_stage_with_a_moving_average_ends_on_it_and_resumes_to_it(tmp_path):
+    """The average does not change training (the same losses), the stage ends holding the
+    average of its weights after every step as WeightAverage defines it, the final checkpoint
+    stores it, and a run stopped half-way resumes to the same average, bit for bit."""
+    common = dict(progress=False, checkpoint_every=5, log_every=1)
+    weights: list = []
+    raw = _regression_stage(weights=weights)
+    run_stage(raw, tmp_path / "raw", **common)
+    trajectory = [*weights[1:], [p.detach().clone() for p in raw.module.parameters()]]  # after steps 1-30
+    expected = [p.clone() for p in weights[0]]
+    for n, after in enumerate(trajectory, start=1):
+        decay = min(0.8, (1 + n) / (10 + n))
+        expected = [e + (1 - decay) * (w - e) for e, w in zip(expected, after)]
+
+    averaged = _regression_stage(ema_decay=0.8)
+    result = run_stage(averaged, tmp_path / "ema", **common)
+    assert result.status == "done"
+    assert read_log(tmp_path / "ema" / "log.csv")["loss"] == read_log(tmp_path / "raw" / "log.csv")["loss"]
+    final = [p.detach() for p in averaged.module.parameters()]
+    for got, want, last in zip(final, expected, trajectory[-1]):
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(got, last)  # the average, not the last weights
+    stored = ckpt.checkpoint_average(result.checkpoint)
+    assert all(torch.equal(stored[n], p) for n, p in averaged.module.named_parameters())
+    weights = ckpt.checkpoint_weights(result.checkpoint)
+    assert all(torch.equal(weights[n], p) for n, p in averaged.module.named_parameters())
+
+    first = run_stage(_regression_stage(ema_decay=0.8), tmp_path / "resumed", stop_at=15, **common)
+    assert first.status == "stopped"
+    assert ckpt.checkpoint_average(first.checkpoint) is not None
+    resumed = _regression_stage(ema_decay=0.8)
+    assert run_stage(resumed, tmp_path / "resumed", **common).status == "done"
+    assert all(torch.equal(a, b) for a, b in zip(resumed.module.parameters(), final))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ with ``torch.load(weights_only=True)``, and a checkpoint needs no pickle at all)
 - ``state.json``: step (which is also the data position: batches are a pure function of the
   step), scheduler state, elapsed training time, the stage's own extra state;
 - ``rng_<rank>.safetensors`` + ``rng_<rank>.json``: the torch, numpy and Python generators of
-  each process.
+  each process;
+- ``average.safetensors`` (stages that keep one): the moving average of the trained parameters.
 
 Only the newest ``keep`` checkpoints are kept.
 """
@@ -33,6 +34,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
+AVERAGE_FILE = "average.safetensors"
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -146,8 +148,10 @@ def save_checkpoint(
     is_main: bool = True,
     keep: int = 2,
     barrier=None,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` (every process its RNG, the main process the rest)."""
+    """Write checkpoint ``step`` under ``root`` (every process its RNG, the main process the rest);
+    ``average``: a stage's moving average of its trained parameters, by name."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -167,6 +171,8 @@ def save_checkpoint(
         opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        if average is not None:
+            save_file({k: v.contiguous() for k, v in average.items()}, str(tmp / AVERAGE_FILE))
         full_state = {
             "step": step,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -193,6 +199,14 @@ def checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(path) / "model.safetensors"))
+
+
+def checkpoint_average(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The moving average of the trained parameters in checkpoint ``path``; None if it has none."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / AVERAGE_FILE
+    return load_file(str(file)) if file.is_file() else None
 
 
 def load_checkpoint(
@@ -226,6 +240,7 @@ def load_checkpoint(
 
 
 __all__ = [
+    "checkpoint_average",
     "checkpoint_weights",
     "latest_checkpoint",
     "list_checkpoints",

@@ -12,7 +12,9 @@ draws its own slice of every batch), and makes it stoppable at any time:
   function of the step and every generator is restored, so the resumed run computes what the
   uninterrupted run would have, bit for bit on the same machine and thread count;
 - ``log.csv`` gets one row per ``log_every`` steps (rows past a resumed checkpoint are dropped
-  first, so a killed run leaves no duplicate steps); :func:`plot_loss_curves` draws them.
+  first, so a killed run leaves no duplicate steps); :func:`plot_loss_curves` draws them;
+- with ``Stage.ema_decay``, a moving average of the trained parameters is kept beside them (and in
+  every checkpoint), and the stage ends with the module holding the average (:class:`WeightAverage`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidllm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidllm.train.checkpoint import checkpoint_average, latest_checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class Stage:
         warmup: linear warm-up steps; the learning rate then follows a cosine to
             ``min_lr_ratio`` of its peak.
         on_step: called with the unwrapped module before each step (e.g. the Gumbel schedule).
+        ema_decay: keep an exponential moving average of the trained parameters with this decay
+            per step (:class:`WeightAverage`) and end the stage on it; 0: none.
     """
 
     name: str
@@ -71,6 +75,50 @@ class Stage:
     metric_names: tuple[str, ...] = ()
     on_step: Callable[[nn.Module, int], None] | None = None
     extra_state: dict[str, Any] = field(default_factory=dict)
+    ema_decay: float = 0.0
+
+
+class WeightAverage:
+    """An exponential moving average of trained parameters (Polyak averaging; timm's ``ModelEmaV3``
+    keeps one the same way). After the ``n``-th optimiser step each average moves towards its
+    parameter by ``1 - d`` with ``d = min(decay, (1 + n) / (10 + n))``: the warm-up lets the early
+    weights, far from where training ends, be forgotten within a few steps.
+
+    Args:
+        params: the trained parameters by name (the names the checkpoint stores them under).
+        decay: the decay per step; its horizon is about ``1 / (1 - decay)`` steps.
+        saved: a checkpoint's average (:func:`vidllm.train.checkpoint.checkpoint_average`) to
+            resume from; None starts from the parameters as they are.
+    """
+
+    def __init__(
+        self, params: dict[str, nn.Parameter], decay: float, saved: dict[str, torch.Tensor] | None = None
+    ):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the moving average's decay must be in (0, 1), got {decay}")
+        if saved is not None and saved.keys() != params.keys():
+            raise ValueError(
+                f"the checkpoint's moving average holds other parameters than the stage trains: "
+                f"{sorted(saved.keys() ^ params.keys())[:5]}"
+            )
+        self.params, self.decay = params, decay
+        self.values = {
+            name: (p.detach() if saved is None else saved[name].to(p.device, p.dtype)).clone()
+            for name, p in params.items()
+        }
+
+    @torch.no_grad()
+    def update(self, updates: int) -> None:
+        """Move the average after the ``updates``-th optimiser step."""
+        decay = min(self.decay, (1 + updates) / (10 + updates))
+        torch._foreach_lerp_(
+            list(self.values.values()), [p.detach() for p in self.params.values()], 1.0 - decay
+        )
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for name, p in self.params.items():
+            p.copy_(self.values[name])
 
 
 @dataclass
@@ -186,11 +234,13 @@ def run_stage(
     )
     start_step, elapsed, window = 0, 0.0, []  # window: losses since the last log row
     latest = latest_checkpoint(ckpt_root)
+    saved_average = None
     if latest is not None:
         state = load_checkpoint(latest, module=module, optimizer=optimizer, scheduler=scheduler, rank=rank)
         start_step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         window = list(state.get("log_window", []))
         stage.extra_state.update(state.get("extra", {}))
+        saved_average = checkpoint_average(latest)
     if done_file.is_file() and start_step >= stage.steps:
         logger.info("stage %s already finished (step %d)", stage.name, start_step)
         return StageResult("done", start_step, latest, elapsed)
@@ -199,6 +249,14 @@ def run_stage(
 
     prepared, optimizer = accelerator.prepare(module, optimizer)
     trainable = [p for g in stage.param_groups for p in g["params"] if p.requires_grad]
+    average = None
+    if stage.ema_decay > 0:
+        if start_step > 0 and saved_average is None:
+            logger.warning(
+                "%s holds no moving average: it starts from the weights at step %d", latest, start_step
+            )
+        names = {id(p): name for name, p in module.named_parameters()}
+        average = WeightAverage({names[id(p)]: p for p in trainable}, stage.ema_decay, saved_average)
     columns = ["step", "loss", "lr", "elapsed_s", "steps_per_s", *stage.metric_names]
     log_path = output_dir / LOG_FILE
     if is_main and not log_path.is_file():
@@ -217,6 +275,7 @@ def run_stage(
             is_main=is_main,
             keep=keep_checkpoints,
             barrier=accelerator.wait_for_everyone,
+            average=None if average is None else average.values,
         )
 
     bar = None
@@ -246,6 +305,10 @@ def run_stage(
             optimizer.step()
             scheduler.step()
             step += 1
+            if average is not None:
+                average.update(step)
+                if step == stage.steps:  # the stage's result (and final checkpoint) is the average
+                    average.copy_to_params()
             elapsed += time.perf_counter() - t0
             if deadline is not None and time.monotonic() >= deadline and stop.reason is None:
                 stop.reason = "time limit"
@@ -341,4 +404,13 @@ def plot_loss_curves(logs: dict[str, str | Path], path: str | Path, title: str =
     return path
 
 
-__all__ = ["Stage", "StageResult", "decay_groups", "lr_factor", "plot_loss_curves", "read_log", "run_stage"]
+__all__ = [
+    "Stage",
+    "StageResult",
+    "WeightAverage",
+    "decay_groups",
+    "lr_factor",
+    "plot_loss_curves",
+    "read_log",
+    "run_stage",
+]

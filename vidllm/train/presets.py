@@ -118,6 +118,10 @@ class VideoStageSpec:
     warmup: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    # The stage ends on an exponential moving average of its trained weights with this decay per
+    # step (vidllm.train.loop.WeightAverage; horizon about 1 / (1 - decay) steps); 0: on its last
+    # weights.
+    ema_decay: float = 0.0
     freeze_tower_bn: bool = True
     init_tower_from_scorer: bool = True
     # Parameter-name prefixes (inside the tower's backbone) that train; None: all of it. The

@@ -638,6 +638,7 @@ def video_stage(preset: Preset, wrapper: VideoLLMForTraining) -> Stage:
         grad_clip=spec.grad_clip,
         metric_names=VIDEO_METRICS,
         on_step=_gumbel_step,
+        ema_decay=spec.ema_decay,
     )
 
 
