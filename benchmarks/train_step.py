@@ -13,7 +13,8 @@ attention backward slowly), so the recorded training time moves with the machine
   temporary worktree): what a change to the code saved, on the same batches and weights;
 - with ``--set KEY=VALUE``, also ``fp32`` (the default preset's precision) with that preset field
   overridden: what a part of the recipe costs (``--set objects.interleave=0``: the video stage
-  without its made-up object sequences).
+  without its made-up object sequences; ``--set video.ema_decay=0.998``: with the moving average of
+  the weights, whose update is counted in the optimiser step).
 
 Each variant runs in its own worker process, and the workers take turns: each round runs one step
 of every variant on the same batch (the preset's own batches, steps ``--first-step`` on), from
@@ -89,6 +90,12 @@ def worker(stage_name: str, precision: str, threads: int | None, overrides: dict
     module = stage.module.train()
     optimizer = torch.optim.AdamW(stage.param_groups)
     trainable = [p for g in stage.param_groups for p in g["params"] if p.requires_grad]
+    average = None
+    if getattr(stage, "ema_decay", 0) > 0:  # a revision before the moving average has no ema_decay
+        from vidllm.train.loop import WeightAverage
+
+        names = {id(p): name for name, p in module.named_parameters()}
+        average = WeightAverage({names[id(p)]: p for p in trainable}, stage.ema_decay)
     print(json.dumps({"vidllm": vidllm.__file__}), flush=True)
     for line in sys.stdin:
         step = int(line)
@@ -106,6 +113,8 @@ def worker(stage_name: str, precision: str, threads: int | None, overrides: dict
         if stage.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, stage.grad_clip)
         optimizer.step()
+        if average is not None:
+            average.update(step + 1)
         t4 = time.perf_counter()
         times = {"batch": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "optimiser": t4 - t3}
         print(json.dumps({**times, "loss": float(loss.detach())}), flush=True)
