@@ -576,6 +576,11 @@ def test_preset_overrides():
     assert get_preset("default", first).objects.template_weights["first"] == 1.0
     with pytest.raises(ValueError, match="first gap"):
         get_preset("default", {**first, "objects.visual_tokens": 64})
+    # the moving average's decay, checked before the scorer stage's minutes
+    assert get_preset("default", {"video.ema_decay": 0.998}).video.ema_decay == 0.998
+    for decay in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"video\.ema_decay"):
+            get_preset("default", {"video.ema_decay": decay})
     with pytest.raises(KeyError, match="unknown preset"):
         get_preset("nope")
     assert math.isclose(sum(e["weight"] for e in PRESETS["default"].video.reducer_mix), 1.0)

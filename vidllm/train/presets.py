@@ -505,7 +505,8 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     A key may also name an existing entry of a dict field (``{"model.reducer.roi_center": "mean"}``),
     or any ``ReducerConfig`` field under ``model.reducer``, which lists only the preset's own.
     Raises ``KeyError`` for an unknown preset or field, ``ValueError`` for a ``reducer_mix`` entry
-    whose reducer settings are wrong, for wrong ``template_weights`` or ``attribute_count``.
+    whose reducer settings are wrong, for wrong ``template_weights``, ``attribute_count`` or
+    ``ema_decay``.
     """
     from vidllm.reducer import ReducerConfig
 
@@ -534,6 +535,10 @@ def get_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     if preset.lora.template_weights is not None:
         template_probabilities(preset.lora.template_weights)
     _check_object_stage(preset.objects)
+    if not 0.0 <= preset.video.ema_decay < 1.0:
+        raise ValueError(
+            f"video.ema_decay must be in [0, 1) (0: no moving average), got {preset.video.ema_decay}"
+        )
     if preset.video.attribute_count not in ATTRIBUTE_COUNTS:
         raise ValueError(f"video.attribute_count must be one of {ATTRIBUTE_COUNTS}")
     return preset
