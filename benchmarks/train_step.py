@@ -94,8 +94,7 @@ def worker(stage_name: str, precision: str, threads: int | None, overrides: dict
     if getattr(stage, "ema_decay", 0) > 0:  # a revision before the moving average has no ema_decay
         from vidllm.train.loop import WeightAverage
 
-        names = {id(p): name for name, p in module.named_parameters()}
-        average = WeightAverage({names[id(p)]: p for p in trainable}, stage.ema_decay)
+        average = WeightAverage.of(module, trainable, stage.ema_decay)
     print(json.dumps({"vidllm": vidllm.__file__}), flush=True)
     for line in sys.stdin:
         step = int(line)

@@ -107,6 +107,12 @@ class WeightAverage:
             for name, p in params.items()
         }
 
+    @classmethod
+    def of(cls, module: nn.Module, params, decay: float, saved: dict[str, torch.Tensor] | None = None):
+        """The average of ``params`` (parameters of ``module``), named as ``module`` names them."""
+        names = {id(p): name for name, p in module.named_parameters()}
+        return cls({names[id(p)]: p for p in params}, decay, saved)
+
     @torch.no_grad()
     def update(self, updates: int) -> None:
         """Move the average after the ``updates``-th optimiser step."""
@@ -255,8 +261,7 @@ def run_stage(
             logger.warning(
                 "%s holds no moving average: it starts from the weights at step %d", latest, start_step
             )
-        names = {id(p): name for name, p in module.named_parameters()}
-        average = WeightAverage({names[id(p)]: p for p in trainable}, stage.ema_decay, saved_average)
+        average = WeightAverage.of(module, trainable, stage.ema_decay, saved_average)
     columns = ["step", "loss", "lr", "elapsed_s", "steps_per_s", *stage.metric_names]
     log_path = output_dir / LOG_FILE
     if is_main and not log_path.is_file():
