@@ -87,20 +87,28 @@ def upload(page, video: Path) -> None:
     page.wait_for_selector("#video video", state="attached", timeout=TIMEOUT_MS)
 
 
+COST_TABLE = '#cost [data-testid="markdown"]'  # the table alone, without the status tracker's timer
+
+
 def ask(page, question: str) -> None:
     """Type the question, press Ask and wait until the queue is done with it."""
-    before = page.inner_text("#cost")
+    before = page.inner_text(COST_TABLE)
     page.fill("#question textarea", question)
     page.click("#ask")
-    # the cost table is rewritten by every answer (its timings differ), and only then
+    # Only the final update rewrites the cost table (its timings differ from the last answer's).
+    # The status tracker's "processing | 0.1s" sits inside #cost, so the table is read on its own,
+    # and the tracker must be hidden again: while it shows, the last answer's table is still there.
     page.wait_for_function(
-        "([before]) => { const el = document.querySelector('#cost'); return el && el.innerText !== before "
-        "&& el.innerText.includes('visual tokens'); }",
-        arg=[before],
+        """([table, before]) => {
+            const el = document.querySelector(table);
+            const tracker = document.querySelector('#cost [data-testid="status-tracker"]');
+            return el && el.innerText !== before && el.innerText.includes('visual tokens')
+                && (!tracker || tracker.classList.contains('hide'));
+        }""",
+        arg=[COST_TABLE, before],
         timeout=TIMEOUT_MS,
     )
-    # the same update carries the final answer, which the page can render a moment after the
-    # table (the streamed first piece, the answer's leading space, was seen once in its place)
+    # the same update carries the final answer, which the page can render a moment after the table
     page.wait_for_function(
         "() => { const el = document.querySelector('#answer textarea'); return el && el.value.trim() !== ''; }",
         timeout=TIMEOUT_MS,
