@@ -362,7 +362,7 @@ def default_library():
 def test_default_model_demo_gives_the_library_answer(default_server, default_library, example):
     """Through ``make demo``'s script and ``gradio_client``, each bundled example gets the answer
     the library gives. (Whether that is the expected answer is the model's accuracy: the default
-    model gets 6 of these 12 right; ``python -m eval synthetic-report`` measures it on 1,000.)"""
+    model gets 10 of these 12 right; ``python -m eval synthetic-report`` measures it on 1,000.)"""
     from gradio_client import handle_file
 
     text = default_server.client().predict(
