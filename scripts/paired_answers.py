@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from collections import Counter
 from math import comb
 from pathlib import Path
-
-logger = logging.getLogger("paired_answers")
 
 
 def load(path: Path) -> dict[str, dict]:
@@ -68,5 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()
