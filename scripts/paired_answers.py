@@ -10,16 +10,18 @@ least that uneven is if the two models were equally good.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from math import comb
 from pathlib import Path
 
+from eval.records import read_records
+
 
 def load(path: Path) -> dict[str, dict]:
-    """The samples of one evaluation by question id."""
-    with path.open() as f:
-        return {s["id"]: s for s in map(json.loads, f)}
+    """The samples of one evaluation by question id (as the eval harness reads its records)."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (an evaluation's samples.jsonl)")
+    return {s["id"]: s for s in read_records(path)}
 
 
 def sign_test(a_only: int, b_only: int) -> float:
@@ -51,6 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs=2, help="NAME=samples.jsonl, twice")
     args = parser.parse_args()
+    if not all("=" in run for run in args.runs):
+        parser.error("each run is NAME=samples.jsonl")
     (name_a, path_a), (name_b, path_b) = (run.split("=", 1) for run in args.runs)
     a, b = load(Path(path_a)), load(Path(path_b))
     shared, same, a_only, b_only = compare(a, b)
